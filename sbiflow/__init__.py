@@ -1,0 +1,24 @@
+"""sbiflow: simulation-based inference for physicists.
+
+A simulator and a prior go in; a calibrated posterior, a likelihood emulator, an evidence
+and a model choice come out.
+"""
+
+__version__ = "0.1.0"
+
+from sbiflow.inference import NPE, NotFittedError, PriorSupportError  # noqa: E402
+from sbiflow.priors import BoxUniform  # noqa: E402
+from sbiflow.serialization import ModelFileError, load, save  # noqa: E402
+from sbiflow.training import TrainingDivergedError  # noqa: E402
+
+__all__ = [
+    "NPE",
+    "BoxUniform",
+    "ModelFileError",
+    "NotFittedError",
+    "PriorSupportError",
+    "TrainingDivergedError",
+    "__version__",
+    "load",
+    "save",
+]

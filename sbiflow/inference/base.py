@@ -1,0 +1,270 @@
+"""What NPE and NLE share: checked training data, the fit, the observation, the saved state."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from sbiflow.embeddings import build_embedding, embedding_spec
+from sbiflow.estimators import ESTIMATORS, ConditionalEstimator, build_estimator
+from sbiflow.priors import in_support, prior_dim, validate_theta
+from sbiflow.training import TrainingConfig, TrainingHistory, train
+
+__all__ = ["NeuralInference", "NotFittedError"]
+
+
+class NotFittedError(RuntimeError):
+    """The method needs a trained estimator: call ``fit`` (or ``sbiflow.load``) first."""
+
+
+class NeuralInference:
+    """A conditional density estimator trained on simulated (θ, x) pairs.
+
+    Subclasses choose which of θ and x is the density's variable (``a``) and which the
+    condition (``b``) through :meth:`_roles`.
+
+    Args:
+        prior: Any ``torch.distributions.Distribution`` over θ with event shape ``(D,)``.
+        estimator: Estimator family, one of ``sbiflow.estimators.ESTIMATORS``.
+        embedding_net: Optional network for the condition (x for NPE).
+        device: Torch device for training and sampling.
+        **estimator_options: Passed to the estimator (e.g. ``hidden_features=64``).
+    """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        estimator: str = "nsf",
+        embedding_net: nn.Module | None = None,
+        device: str = "cpu",
+        **estimator_options: Any,
+    ) -> None:
+        if not isinstance(prior, Distribution):
+            raise TypeError(
+                f"prior must be a torch.distributions.Distribution, got {type(prior).__name__}."
+            )
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"Unknown estimator {estimator!r}; choose one of {list(ESTIMATORS)}.")
+        self.prior = prior
+        self.theta_dim = prior_dim(prior)
+        self.estimator_kind = estimator
+        self.estimator_options = estimator_options
+        self.embedding_net = embedding_net
+        self.device = torch.device(device)
+        self.estimator: ConditionalEstimator | None = None
+        self.x_shape: tuple[int, ...] | None = None
+        self.history = TrainingHistory()
+
+    # -- roles -------------------------------------------------------------------------
+    def _roles(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (a, b): the density's variable and the condition."""
+        raise NotImplementedError
+
+    # -- training ----------------------------------------------------------------------
+    def _check_training_data(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        theta = validate_theta(self.prior, theta)
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == 1:
+            x = x.unsqueeze(1)
+        if x.shape[0] != theta.shape[0]:
+            raise ValueError(
+                f"theta and x must hold the same number of simulations, got {theta.shape[0]} "
+                f"and {x.shape[0]}. x must have shape (N, *x_shape)."
+            )
+        finite = torch.isfinite(x.flatten(start_dim=1)).all(dim=1) & torch.isfinite(theta).all(1)
+        n_bad = int((~finite).sum())
+        if n_bad == theta.shape[0]:
+            raise ValueError("Every simulation holds NaN or inf: there is nothing to train on.")
+        if n_bad:
+            warnings.warn(
+                f"{n_bad} of {theta.shape[0]} simulations hold NaN or inf and were left out of "
+                "training.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            theta, x = theta[finite], x[finite]
+        outside = int((~in_support(self.prior, theta)).sum())
+        if outside:
+            warnings.warn(
+                f"{outside} of {theta.shape[0]} training parameters lie outside the prior's "
+                "support; were they simulated from another prior?",
+                UserWarning,
+                stacklevel=3,
+            )
+        return theta, x
+
+    def fit(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        *,
+        batch_size: int | None = None,
+        learning_rate: float = 1e-3,
+        validation_fraction: float = 0.1,
+        stop_after_epochs: int = 20,
+        max_epochs: int = 10_000,
+        clip_max_norm: float | None = 5.0,
+        seed: int | None = 0,
+        progress: bool = True,
+    ) -> NeuralInference:
+        """Train the estimator on simulations.
+
+        Rows holding NaN/inf are left out with a warning. The estimator learns its
+        standardization from this data and keeps the weights of the best validation epoch.
+
+        Args:
+            theta: Parameters, shape ``(N, D)``.
+            x: Simulations, shape ``(N, *x_shape)``.
+            batch_size: Samples per step (``None``: chosen from N, see ``TrainingConfig``).
+            learning_rate: Adam learning rate.
+            validation_fraction: Held-out share for early stopping.
+            stop_after_epochs: Early-stopping patience in epochs.
+            max_epochs: Hard limit on epochs.
+            clip_max_norm: Gradient clipping norm (``None``: off).
+            seed: Seed for weights, split and batch order (``None``: fresh randomness).
+            progress: Show a progress bar.
+
+        Returns:
+            ``self``, trained; ``self.history`` holds the losses.
+        """
+        config = TrainingConfig(
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            validation_fraction=validation_fraction,
+            stop_after_epochs=stop_after_epochs,
+            max_epochs=max_epochs,
+            clip_max_norm=clip_max_norm,
+            seed=seed,
+            progress=progress,
+        )
+        theta, x = self._check_training_data(theta, x)
+        self.x_shape = tuple(x.shape[1:])
+        a, b = self._roles(theta, x)
+        with torch.random.fork_rng():
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.estimator = self._build_estimator(tuple(a.shape[1:]), tuple(b.shape[1:]))
+        self.estimator.standardize_from(a, b)
+        self.estimator.to(self.device)
+        self.history = train(self.estimator, a.to(self.device), b.to(self.device), config)
+        self.estimator.eval()
+        return self
+
+    def _build_estimator(
+        self, a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+    ) -> ConditionalEstimator:
+        return build_estimator(
+            self.estimator_kind,
+            a_shape,
+            b_shape,
+            embedding_net=self.embedding_net,
+            **self.estimator_options,
+        )
+
+    # -- using the trained estimator ---------------------------------------------------
+    def _trained(self) -> ConditionalEstimator:
+        if self.estimator is None:
+            raise NotFittedError(
+                f"This {type(self).__name__} is not trained yet: call .fit(theta, x) or "
+                "sbiflow.load(path) first."
+            )
+        return self.estimator
+
+    def _observation(self, x: Tensor, allow_trials: bool = False) -> Tensor:
+        """Check one observation ``x_o`` (or ``(n, *x_shape)`` trials if allowed)."""
+        self._trained()
+        assert self.x_shape is not None
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if tuple(x.shape) == self.x_shape:
+            x = x.unsqueeze(0)
+        elif x.ndim != len(self.x_shape) + 1 or tuple(x.shape[1:]) != self.x_shape:
+            raise ValueError(
+                f"x must be one observation shaped like one simulation, {self.x_shape}, "
+                f"(or (1, *{self.x_shape})), got {tuple(x.shape)}."
+            )
+        if x.shape[0] > 1 and not allow_trials:
+            raise ValueError(
+                f"x holds {x.shape[0]} observations; {type(self).__name__} conditions on one "
+                "observation at a time. For iid trials use NLE, or call once per observation."
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("The observation x holds NaN or inf.")
+        self._warn_if_outside_training_range(x)
+        return x.to(self.device)
+
+    def _warn_if_outside_training_range(self, x: Tensor) -> None:
+        standardizer = self._x_standardizer()
+        outside = standardizer.outside_range(x.to(standardizer.mean.device)).any(dim=0)
+        if bool(outside.any()):
+            where = torch.nonzero(outside.flatten()).flatten().tolist()[:10]
+            warnings.warn(
+                f"The observation lies outside the range of the training simulations (flattened "
+                f"x elements {where}). The result is an extrapolation: simulate with a wider "
+                "prior, or check the observation's units and preprocessing.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _x_standardizer(self) -> nn.Module:
+        raise NotImplementedError
+
+    # -- saving ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Weights, configuration and history as plain tensors and types (see ``sbiflow.save``)."""
+        estimator = self._trained()
+        return {
+            "estimator_kind": self.estimator_kind,
+            "estimator_config": estimator.config(),
+            "estimator_options": dict(self.estimator_options),
+            "embedding": embedding_spec(estimator.embedding_net)
+            if self.embedding_net is not None
+            else None,
+            "custom_embedding": self.embedding_net is not None
+            and embedding_spec(self.embedding_net) is None,
+            "x_shape": list(self.x_shape or ()),
+            "state_dict": {k: v.detach().cpu() for k, v in estimator.state_dict().items()},
+            "history": self.history.as_dict(),
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        prior: Distribution,
+        embedding_net: nn.Module | None = None,
+        device: str = "cpu",
+    ) -> NeuralInference:
+        """Rebuild a trained object from :meth:`state` (used by ``sbiflow.load``)."""
+        config = dict(state["estimator_config"])
+        a_shape, b_shape = tuple(config.pop("a_shape")), tuple(config.pop("b_shape"))
+        config.pop("kind", None)
+        if state["custom_embedding"] and embedding_net is None:
+            raise ValueError(
+                "This model was trained with your own embedding network: pass a freshly built "
+                "one of the same architecture, sbiflow.load(path, embedding_net=MyNet(...))."
+            )
+        if embedding_net is None and state["embedding"] is not None:
+            embedding_net = build_embedding(state["embedding"], tuple(b_shape))
+        obj = cls(
+            prior,
+            estimator=state["estimator_kind"],
+            embedding_net=embedding_net,
+            device=device,
+            **state["estimator_options"],
+        )
+        obj.x_shape = tuple(state["x_shape"])
+        obj.estimator = obj._build_estimator(a_shape, b_shape)
+        obj.estimator.load_state_dict(state["state_dict"])
+        obj.estimator.to(obj.device).eval()
+        history = state.get("history", {})
+        obj.history = TrainingHistory(
+            train_loss=list(history.get("train_loss", [])),
+            val_loss=list(history.get("val_loss", [])),
+            best_epoch=int(history.get("best_epoch", -1)),
+            wall_time=float(history.get("wall_time", 0.0)),
+        )
+        return obj

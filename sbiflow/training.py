@@ -1,0 +1,169 @@
+"""One training loop for every estimator: in-memory batches, validation, early stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+__all__ = ["TrainingConfig", "TrainingDivergedError", "TrainingHistory", "train"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the estimator keeps its best weights so far."""
+
+
+@dataclass
+class TrainingConfig:
+    """Options of :func:`train`.
+
+    Attributes:
+        batch_size: Samples per gradient step; ``None`` picks ``clip(N_train / 20, 32, 512)``
+            (small budgets get several steps per epoch, large ones big fast batches).
+        learning_rate: Adam learning rate.
+        validation_fraction: Share of the data held out for early stopping.
+        stop_after_epochs: Stop when the validation loss has not improved for this many epochs.
+        max_epochs: Hard limit on epochs.
+        clip_max_norm: Gradient norm clipping (``None`` disables it).
+        seed: Seed for the split, initialization-independent batch order.
+        progress: Show a tqdm progress bar.
+    """
+
+    batch_size: int | None = None
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.1
+    stop_after_epochs: int = 20
+    max_epochs: int = 10_000
+    clip_max_norm: float | None = 5.0
+    seed: int | None = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError("validation_fraction must lie in (0, 1).")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be a positive integer.")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be positive.")
+        if self.stop_after_epochs < 1 or self.max_epochs < 1:
+            raise ValueError("stop_after_epochs and max_epochs must be at least 1.")
+
+
+@dataclass
+class TrainingHistory:
+    """Losses per epoch (mean negative log density unless the estimator says otherwise)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    wall_time: float = 0.0
+
+    def as_dict(self) -> dict[str, list[float] | int | float]:
+        """Plain types, for saving."""
+        return {
+            "train_loss": list(self.train_loss),
+            "val_loss": list(self.val_loss),
+            "best_epoch": self.best_epoch,
+            "wall_time": self.wall_time,
+        }
+
+
+def _mean_loss(model: nn.Module, a: Tensor, b: Tensor, chunk: int = 8192) -> float:
+    total = 0.0
+    for start in range(0, a.shape[0], chunk):
+        total += float(model.loss(a[start : start + chunk], b[start : start + chunk]).sum())
+    return total / a.shape[0]
+
+
+def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> TrainingHistory:
+    """Fit ``model`` by minimizing ``model.loss(a, b).mean()`` with Adam.
+
+    Random-permutation batches from in-memory tensors, a held-out validation split,
+    early stopping that restores the best weights, and gradient clipping.
+
+    Args:
+        model: Module with ``loss(a, b) -> (B,)``.
+        a: Targets, shape ``(N, *a_shape)``.
+        b: Conditions, shape ``(N, *b_shape)``.
+        config: Training options.
+
+    Returns:
+        The loss history; ``model`` holds the weights of the best validation epoch.
+
+    Raises:
+        TrainingDivergedError: If the loss becomes NaN/inf (best weights are restored first).
+    """
+    n = a.shape[0]
+    n_val = max(1, int(round(config.validation_fraction * n)))
+    if n - n_val < 2:
+        raise ValueError(f"Too few samples to train: {n} (need at least a few dozen).")
+    generator = torch.Generator().manual_seed(config.seed if config.seed is not None else 0)
+    if config.seed is None:
+        generator.seed()
+    order = torch.randperm(n, generator=generator)
+    a_val, b_val = a[order[:n_val]], b[order[:n_val]]
+    a_train, b_train = a[order[n_val:]], b[order[n_val:]]
+    n_train = a_train.shape[0]
+    batch_size = config.batch_size or int(min(512, max(32, n_train // 20)))
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    history = TrainingHistory()
+    best_val, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
+    start = time.perf_counter()
+    bar = tqdm(
+        range(config.max_epochs),
+        desc="training",
+        disable=not config.progress,
+        unit="epoch",
+        leave=False,
+    )
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n_train, generator=generator)
+        running = 0.0
+        for first in range(0, n_train, batch_size):
+            idx = perm[first : first + batch_size]
+            loss = model.loss(a_train[idx], b_train[idx]).mean()
+            if not torch.isfinite(loss):
+                model.load_state_dict(best_state)
+                raise TrainingDivergedError(
+                    f"The training loss became {float(loss)} in epoch {epoch}. The estimator "
+                    "keeps its best weights so far. Likely causes: a learning rate too high "
+                    f"(now {config.learning_rate}), extreme or nearly constant values in the "
+                    "training data, or a prior much wider than the simulations it produced."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_max_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_max_norm)
+            optimizer.step()
+            running += float(loss.detach()) * idx.shape[0]
+        model.eval()
+        with torch.no_grad():
+            val = _mean_loss(model, a_val, b_val)
+        if not math.isfinite(val):
+            model.load_state_dict(best_state)
+            raise TrainingDivergedError(
+                f"The validation loss became {val} in epoch {epoch}. The estimator keeps its "
+                "best weights so far. Check the data for extreme values and lower the "
+                "learning rate."
+            )
+        history.train_loss.append(running / n_train)
+        history.val_loss.append(val)
+        if val < best_val:
+            best_val, since_best, history.best_epoch = val, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+        bar.set_postfix(train=f"{running / n_train:.3f}", val=f"{val:.3f}", best=history.best_epoch)
+        if since_best >= config.stop_after_epochs:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    history.wall_time = time.perf_counter() - start
+    return history
