@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 from sbiflow.inference import NPE, NotFittedError, PriorSupportError  # noqa: E402
 from sbiflow.priors import BoxUniform  # noqa: E402
 from sbiflow.serialization import ModelFileError, load, save  # noqa: E402
+from sbiflow.simulate import simulate  # noqa: E402
+from sbiflow.store import load_store  # noqa: E402
 from sbiflow.training import TrainingDivergedError  # noqa: E402
 
 __all__ = [
@@ -20,5 +22,7 @@ __all__ = [
     "TrainingDivergedError",
     "__version__",
     "load",
+    "load_store",
     "save",
+    "simulate",
 ]

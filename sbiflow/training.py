@@ -132,7 +132,7 @@ def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tra
             if not torch.isfinite(loss):
                 model.load_state_dict(best_state)
                 raise TrainingDivergedError(
-                    f"The training loss became {float(loss)} in epoch {epoch}. The estimator "
+                    f"The training loss became {float(loss.detach())} in epoch {epoch}. The estimator "
                     "keeps its best weights so far. Likely causes: a learning rate too high "
                     f"(now {config.learning_rate}), extreme or nearly constant values in the "
                     "training data, or a prior much wider than the simulations it produced."

@@ -109,7 +109,7 @@ class NPE(NeuralInference):
             theta: Parameters, shape ``(B, D)``.
             x: One observation, shape ``x_shape``.
             normalize: Renormalize for the estimator's mass outside the prior, estimated
-                from ``num_samples`` draws (cached per observation).
+                from ``num_samples`` seeded draws (cached per observation).
             num_samples: Draws for that estimate.
 
         Returns:
@@ -128,7 +128,9 @@ class NPE(NeuralInference):
         key = (x_o.cpu().numpy().tobytes(), num_samples, id(self.estimator))
         cache = self.__dict__.setdefault("_acceptance_cache", {})
         if key not in cache:
-            proposal = self._trained().sample(num_samples, x_o)
+            with torch.random.fork_rng():  # a fixed seed: log_prob is a deterministic function
+                torch.manual_seed(0)
+                proposal = self._trained().sample(num_samples, x_o)
             inside = in_support(self.prior, proposal.cpu())
             cache[key] = max(float(inside.float().mean()), 1.0 / num_samples)
         return cache[key]

@@ -1,0 +1,196 @@
+"""``sbiflow run CONFIG.toml``: simulate → train → sample → plots and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from sbiflow.config import ConfigError, RunConfig, load_config
+
+__all__ = ["main", "run"]
+
+
+def _resolve_simulator(config: RunConfig) -> Any:
+    """The simulator named in the config, through a plug-in lookup (sbiflow never imports it)."""
+    section = config.simulator
+    try:
+        if section.factory:
+            module_name, _, attribute = section.factory.partition(":")
+            if not attribute:
+                raise ConfigError(
+                    f"simulator.factory must look like 'package.module:function', got "
+                    f"{section.factory!r}."
+                )
+            sys.path.insert(0, config.base_dir)  # a factory module next to the config file
+            factory = getattr(importlib.import_module(module_name), attribute)
+            return factory(**section.options)
+        registry = importlib.import_module(section.module)
+        return registry.get(section.name, **section.options)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"Cannot load the simulator: {err}") from err
+    except (KeyError, ValueError, TypeError) as err:
+        raise ConfigError(f"simulator.name = {section.name!r}: {err}") from err
+
+
+def _observation(config: RunConfig, simulator: Any) -> torch.Tensor:
+    section = config.observation
+    if section.values:
+        return torch.as_tensor(section.values, dtype=torch.float32)
+    if not hasattr(simulator, "observation"):
+        raise ConfigError("This simulator ships no observations: give observation.values = [...].")
+    return torch.as_tensor(simulator.observation(section.index), dtype=torch.float32)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run a whole configuration and write its outputs.
+
+    Outputs in ``config.output.directory``: ``posterior_samples.npz``, ``corner.png``,
+    ``loss.png``, ``model.pt``, ``summary.json`` and ``summary.txt``.
+
+    Returns:
+        The summary (also written to ``summary.json``).
+    """
+    import sbiflow
+    from sbiflow.plots import corner_plot, loss_plot
+
+    out = os.path.abspath(config.output.directory)  # relative to the working directory
+    os.makedirs(out, exist_ok=True)
+    progress = config.output.progress
+    simulator = _resolve_simulator(config)
+    x_o = _observation(config, simulator)
+
+    started = time.perf_counter()
+    store = config.simulation.store or None
+    if store is not None and not os.path.isabs(store):
+        store = os.path.join(out, store)
+    theta, x = sbiflow.simulate(
+        simulator,
+        config.simulation.num_simulations,
+        seed=config.simulation.seed,
+        workers=config.simulation.workers,
+        chunk_size=config.simulation.chunk_size,
+        store=store,
+        progress=progress,
+    )
+    simulated = time.perf_counter()
+
+    training = config.training
+    npe = sbiflow.NPE(simulator.prior, estimator=config.estimator.kind, **config.estimator.options)
+    npe.fit(
+        theta,
+        x,
+        batch_size=training.batch_size or None,
+        learning_rate=training.learning_rate,
+        validation_fraction=training.validation_fraction,
+        stop_after_epochs=training.stop_after_epochs,
+        max_epochs=training.max_epochs,
+        clip_max_norm=training.clip_max_norm,
+        seed=training.seed,
+        progress=progress,
+    )
+    trained = time.perf_counter()
+    samples = npe.sample(config.sampling.num_samples, x=x_o, seed=config.sampling.seed)
+    sampled = time.perf_counter()
+
+    names = list(getattr(simulator, "names", [f"theta_{i + 1}" for i in range(samples.shape[1])]))
+    labels = list(getattr(simulator, "labels", names))
+    truth = None
+    if config.observation.index and hasattr(simulator, "true_parameters"):
+        truth = simulator.true_parameters(config.observation.index)
+    np.savez(
+        os.path.join(out, "posterior_samples.npz"),
+        samples=samples.numpy(),
+        observation=x_o.numpy(),
+        names=np.array(names),
+    )
+    sbiflow.save(npe, os.path.join(out, "model.pt"))
+    corner_plot(samples, labels=labels, truths=truth, path=os.path.join(out, "corner.png"))
+    loss_plot(npe.history, path=os.path.join(out, "loss.png"))
+
+    summary = {
+        "simulator": config.simulator.name or config.simulator.factory,
+        "num_simulations": config.simulation.num_simulations,
+        "num_valid_simulations": int(theta.shape[0]),
+        "estimator": config.estimator.kind,
+        "epochs": len(npe.history.train_loss),
+        "best_epoch": npe.history.best_epoch,
+        "best_validation_loss": min(npe.history.val_loss),
+        "seconds": {
+            "simulate": round(simulated - started, 2),
+            "train": round(trained - simulated, 2),
+            "sample": round(sampled - trained, 2),
+        },
+        "posterior": {
+            name: {
+                "mean": float(samples[:, i].mean()),
+                "std": float(samples[:, i].std()),
+                "q05": float(samples[:, i].quantile(0.05)),
+                "q95": float(samples[:, i].quantile(0.95)),
+                **({"true": float(truth[i])} if truth is not None else {}),
+            }
+            for i, name in enumerate(names)
+        },
+    }
+    with open(os.path.join(out, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    with open(os.path.join(out, "summary.txt"), "w") as handle:
+        handle.write(_summary_text(summary))
+    return summary
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    seconds = summary["seconds"]
+    lines = [
+        f"sbiflow run: {summary['simulator']}, {summary['estimator']} posterior",
+        f"simulations: {summary['num_valid_simulations']} valid of {summary['num_simulations']}",
+        f"training: {summary['epochs']} epochs, best epoch {summary['best_epoch']}, "
+        f"validation loss {summary['best_validation_loss']:.4f}",
+        f"time: simulate {seconds['simulate']} s, train {seconds['train']} s, "
+        f"sample {seconds['sample']} s",
+        "",
+        f"{'parameter':<16}{'mean':>10}{'std':>10}{'5%':>10}{'95%':>10}{'true':>10}",
+    ]
+    for name, stats in summary["posterior"].items():
+        true = f"{stats['true']:>10.4f}" if "true" in stats else f"{'':>10}"
+        lines.append(
+            f"{name:<16}{stats['mean']:>10.4f}{stats['std']:>10.4f}{stats['q05']:>10.4f}"
+            f"{stats['q95']:>10.4f}{true}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sbiflow`` command."""
+    parser = argparse.ArgumentParser(prog="sbiflow", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run a TOML configuration end to end")
+    run_parser.add_argument("config", help="path to a TOML configuration")
+    run_parser.add_argument("--output", help="output folder (overrides output.directory)")
+    run_parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+
+    try:
+        config = load_config(args.config)
+        if args.output:
+            config.output.directory = args.output
+        if args.no_progress:
+            config.output.progress = False
+        summary_text = _summary_text(run(config))
+    except ConfigError as err:
+        print(f"sbiflow: configuration error: {err}", file=sys.stderr)
+        return 2
+    print(summary_text)
+    print(f"Results written to {os.path.abspath(config.output.directory)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

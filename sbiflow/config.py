@@ -1,0 +1,183 @@
+"""The run configuration: a TOML file, checked key by key before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConfigError", "RunConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable, or has a bad key or value."""
+
+
+@dataclass
+class SimulatorSection:
+    """Which simulator: a registered name, or your own factory ``"package.module:function"``."""
+
+    name: str = ""
+    module: str = "simulators"
+    factory: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SimulationSection:
+    """How many simulations, how seeded, where run and stored."""
+
+    num_simulations: int = 10_000
+    seed: int = 0
+    workers: int = 1
+    chunk_size: int = 1000
+    store: str = ""
+
+
+@dataclass
+class EstimatorSection:
+    """The density estimator family and its options (e.g. ``hidden_features``)."""
+
+    kind: str = "nsf"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingSection:
+    """Options of the training loop (see ``sbiflow.training.TrainingConfig``)."""
+
+    batch_size: int = 0  # 0: chosen from the number of simulations
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.1
+    stop_after_epochs: int = 20
+    max_epochs: int = 10_000
+    clip_max_norm: float = 5.0
+    seed: int = 0
+
+
+@dataclass
+class ObservationSection:
+    """The observed data: the simulator's observation ``index``, or explicit ``values``."""
+
+    index: int = 0
+    values: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class SamplingSection:
+    """Posterior samples to draw."""
+
+    num_samples: int = 10_000
+    seed: int = 0
+
+
+@dataclass
+class OutputSection:
+    """Where results go and whether to show progress bars."""
+
+    directory: str = "sbiflow-run"
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole ``sbiflow run`` configuration."""
+
+    simulator: SimulatorSection
+    simulation: SimulationSection
+    estimator: EstimatorSection
+    training: TrainingSection
+    observation: ObservationSection
+    sampling: SamplingSection
+    output: OutputSection
+    base_dir: str = "."
+
+
+_SECTIONS = {
+    "simulator": SimulatorSection,
+    "simulation": SimulationSection,
+    "estimator": EstimatorSection,
+    "training": TrainingSection,
+    "observation": ObservationSection,
+    "sampling": SamplingSection,
+    "output": OutputSection,
+}
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _section(name: str, raw: Any) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table of keys, got {type(raw).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            if "options" in fields:  # estimator/simulator options pass through
+                extra[key] = value
+                continue
+            raise ConfigError(
+                f"Unknown key {name}.{key}; the keys of [{name}] are: {', '.join(fields)}."
+            )
+        expected = _TYPES.get(str(fields[key].type))
+        bad_bool = isinstance(value, bool) and str(fields[key].type) != "bool"
+        if expected is not None and (not isinstance(value, expected) or bad_bool):
+            raise ConfigError(f"{name}.{key} must be of type {fields[key].type}, got {value!r}.")
+        values[key] = value
+    if extra:
+        values["options"] = {**values.get("options", {}), **extra}
+    return cls(**values)
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """Read and check a run configuration.
+
+    Args:
+        path: A TOML file (see ``examples/configs/two_moons.toml``).
+
+    Raises:
+        ConfigError: Naming the file and the bad key or value.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError as err:
+        raise ConfigError(f"No configuration file at {path!r}.") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path!r} is not valid TOML: {err}") from err
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section(s) {unknown}; the sections are: {', '.join(_SECTIONS)}."
+        )
+    try:
+        sections = {name: _section(name, raw.get(name, {})) for name in _SECTIONS}
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    config = RunConfig(**sections, base_dir=os.path.dirname(os.path.abspath(path)))
+    _check_values(config, path)
+    return config
+
+
+def _check_values(config: RunConfig, path: str) -> None:
+    def fail(message: str) -> None:
+        raise ConfigError(f"{path}: {message}")
+
+    if not config.simulator.name and not config.simulator.factory:
+        fail("simulator.name is required (or simulator.factory = 'package.module:function').")
+    if config.simulation.num_simulations < 10:
+        fail("simulation.num_simulations must be at least 10.")
+    if config.simulation.workers < 1:
+        fail("simulation.workers must be at least 1.")
+    if config.sampling.num_samples < 1:
+        fail("sampling.num_samples must be at least 1.")
+    if config.training.learning_rate <= 0:
+        fail("training.learning_rate must be positive.")
+    if not 0 < config.training.validation_fraction < 1:
+        fail("training.validation_fraction must lie in (0, 1).")
+    if config.observation.index == 0 and not config.observation.values:
+        fail("[observation] needs index = <n> (the simulator's n-th observation) or values.")
