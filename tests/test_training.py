@@ -24,8 +24,9 @@ class Quadratic(nn.Module):
 def test_converges_and_keeps_best_weights():
     a = 3.0 + torch.randn(2000, 1)
     model = Quadratic()
-    history = train(model, a, torch.zeros(2000, 1), TrainingConfig(learning_rate=0.05,
-                                                                    progress=False))
+    history = train(
+        model, a, torch.zeros(2000, 1), TrainingConfig(learning_rate=0.05, progress=False)
+    )
     assert float(model.w.detach()) == pytest.approx(3.0, abs=0.1)
     assert len(history.train_loss) == len(history.val_loss) > history.best_epoch >= 0
     assert history.val_loss[history.best_epoch] == min(history.val_loss)
@@ -33,8 +34,12 @@ def test_converges_and_keeps_best_weights():
 
 def test_early_stopping_stops_after_patience():
     a = torch.randn(500, 1)
-    history = train(Quadratic(), a, torch.zeros(500, 1),
-                    TrainingConfig(learning_rate=0.05, stop_after_epochs=3, progress=False))
+    history = train(
+        Quadratic(),
+        a,
+        torch.zeros(500, 1),
+        TrainingConfig(learning_rate=0.05, stop_after_epochs=3, progress=False),
+    )
     assert len(history.val_loss) == history.best_epoch + 1 + 3
 
 

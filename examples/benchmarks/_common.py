@@ -1,0 +1,59 @@
+"""Shared pieces of the benchmark scripts: sbibm reference files, tables, result files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def sbibm_files(task: str, observation: int) -> Path:
+    """Folder of sbibm's files for one task and observation (sbibm installed with --no-deps)."""
+    spec = importlib.util.find_spec("sbibm")
+    if spec is None or spec.submodule_search_locations is None:
+        raise SystemExit("The benchmarks need sbibm's files: pip install --no-deps sbibm")
+    root = Path(spec.submodule_search_locations[0])
+    return root / "tasks" / task / "files" / f"num_observation_{observation}"
+
+
+def reference_samples(task: str, observation: int, n: int = 10_000) -> torch.Tensor:
+    """sbibm's reference posterior samples, shape ``(n, D)``."""
+    path = sbibm_files(task, observation) / "reference_posterior_samples.csv.bz2"
+    data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float32)
+    return torch.from_numpy(data[:n])
+
+
+def timed(fn, *args, **kwargs):
+    """Call ``fn`` and return ``(result, seconds)``."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def machine() -> str:
+    """One line describing where the numbers were measured."""
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"python {platform.python_version()}"
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    """Write results as JSON if a path is given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
