@@ -25,8 +25,9 @@ class TrainingConfig:
     """Options of :func:`train`.
 
     Attributes:
-        batch_size: Samples per gradient step; ``None`` picks ``clip(N_train / 20, 32, 512)``
-            (small budgets get several steps per epoch, large ones big fast batches).
+        batch_size: Samples per gradient step; ``None`` picks ``clip(N_train / 16, 200, 512)``:
+            sbi's 200 for small budgets, bigger and faster batches from 3,200 simulations on
+            (per step, 512 samples cost 1.3 times 200 here, so an epoch is ~2x faster).
         learning_rate: Adam learning rate.
         validation_fraction: Share of the data held out for early stopping.
         stop_after_epochs: Stop when the validation loss has not improved for this many epochs.
@@ -109,6 +110,13 @@ def _threads(model: nn.Module, num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _adam(model: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step where torch supports it (~10% faster here)."""
+    devices = {p.device.type for p in model.parameters()}
+    fused = devices <= {"cpu", "cuda"}
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=fused or None)
+
+
 def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> TrainingHistory:
     """Fit ``model`` by minimizing ``model.loss(a, b).mean()`` with Adam.
 
@@ -143,9 +151,9 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
     a_val, b_val = a[order[:n_val]], b[order[:n_val]]
     a_train, b_train = a[order[n_val:]], b[order[n_val:]]
     n_train = a_train.shape[0]
-    batch_size = config.batch_size or int(min(512, max(32, n_train // 20)))
+    batch_size = config.batch_size or int(min(512, max(200, n_train // 16)))
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = _adam(model, config.learning_rate)
     history = TrainingHistory()
     best_val, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
     decays_left = config.lr_decays

@@ -3,9 +3,11 @@
 For each task and simulation budget: both tools fit a neural spline flow posterior on the
 same (θ, x); each is sampled 10,000 times at sbibm observations 1..K and scored with the
 SBI-benchmark C2ST against sbibm's reference samples. Fit wall times are measured in the
-same process, one after the other, so the ratio is what counts on a noisy machine.
+same process, one after the other, so the ratio is what counts on a noisy machine. To keep
+a core free for other work, pin the run and give both tools one thread:
 
-    python examples/benchmarks/npe_vs_sbi.py --out docs/results/npe_vs_sbi.json
+    taskset -c 0 python examples/benchmarks/npe_vs_sbi.py --threads 1 --observations 5 \
+        --out docs/results/npe_vs_sbi.json
 
 Targets (issue 2): sbiflow C2ST ≤ sbi C2ST + 0.01 and sbiflow fit time ≤ 0.5 × sbi's.
 """
@@ -49,7 +51,12 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads for both tools (0: torch default)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"# npe_vs_sbi on {machine()}", flush=True)
 
