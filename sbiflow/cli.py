@@ -52,8 +52,9 @@ def _observation(config: RunConfig, simulator: Any) -> torch.Tensor:
 def run(config: RunConfig) -> dict[str, Any]:
     """Run a whole configuration and write its outputs.
 
-    Outputs in ``config.output.directory``: ``posterior_samples.npz``, ``corner.png``,
-    ``loss.png``, ``model.pt``, ``summary.json`` and ``summary.txt``.
+    Outputs in ``config.output.directory``: ``posterior_samples.npz``, ``corner.png`` (over
+    the simulator's reference posterior, in grey, where it has one), ``loss.png``,
+    ``model.pt``, ``summary.json`` and ``summary.txt``.
 
     Returns:
         The summary (also written to ``summary.json``).
@@ -105,6 +106,9 @@ def run(config: RunConfig) -> dict[str, Any]:
     truth = None
     if config.observation.index and hasattr(simulator, "true_parameters"):
         truth = simulator.true_parameters(config.observation.index)
+    reference = None
+    if config.diagnostics.reference and hasattr(simulator, "reference_posterior"):
+        reference = simulator.reference_posterior(x_o, config.sampling.num_samples, seed=0)
     np.savez(
         os.path.join(out, "posterior_samples.npz"),
         samples=samples.numpy(),
@@ -112,7 +116,13 @@ def run(config: RunConfig) -> dict[str, Any]:
         names=np.array(names),
     )
     sbiflow.save(npe, os.path.join(out, "model.pt"))
-    corner_plot(samples, labels=labels, truths=truth, path=os.path.join(out, "corner.png"))
+    corner_plot(
+        samples,
+        labels=labels,
+        truths=truth,
+        reference=reference,
+        path=os.path.join(out, "corner.png"),
+    )
     loss_plot(npe.history, path=os.path.join(out, "loss.png"))
 
     summary = {
@@ -139,6 +149,10 @@ def run(config: RunConfig) -> dict[str, Any]:
             for i, name in enumerate(names)
         },
     }
+    if reference is not None and config.diagnostics.c2st:
+        from sbiflow.diagnostics import c2st
+
+        summary["c2st_vs_reference"] = c2st(reference, samples)
     with open(os.path.join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     with open(os.path.join(out, "summary.txt"), "w") as handle:
@@ -155,6 +169,13 @@ def _summary_text(summary: dict[str, Any]) -> str:
         f"validation loss {summary['best_validation_loss']:.4f}",
         f"time: simulate {seconds['simulate']} s, train {seconds['train']} s, "
         f"sample {seconds['sample']} s",
+    ]
+    if "c2st_vs_reference" in summary:
+        lines.append(
+            f"C2ST against the reference posterior: {summary['c2st_vs_reference']:.3f} "
+            "(0.5: indistinguishable)"
+        )
+    lines += [
         "",
         f"{'parameter':<16}{'mean':>10}{'std':>10}{'5%':>10}{'95%':>10}{'true':>10}",
     ]

@@ -74,6 +74,14 @@ class SamplingSection:
 
 
 @dataclass
+class DiagnosticsSection:
+    """Checks against the simulator's reference posterior, where it has one."""
+
+    reference: bool = True  # overlay reference samples on the corner plot
+    c2st: bool = False  # also score the posterior with C2ST (slow in high dimension)
+
+
+@dataclass
 class OutputSection:
     """Where results go and whether to show progress bars."""
 
@@ -91,6 +99,7 @@ class RunConfig:
     training: TrainingSection
     observation: ObservationSection
     sampling: SamplingSection
+    diagnostics: DiagnosticsSection
     output: OutputSection
     base_dir: str = "."
 
@@ -102,6 +111,7 @@ _SECTIONS = {
     "training": TrainingSection,
     "observation": ObservationSection,
     "sampling": SamplingSection,
+    "diagnostics": DiagnosticsSection,
     "output": OutputSection,
 }
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}

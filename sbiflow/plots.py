@@ -41,6 +41,9 @@ def corner_plot(
     import corner
 
     samples = np.asarray(samples, dtype=np.float64)
+    low, high = np.quantile(samples, [0.0005, 0.9995], axis=0)
+    pad = 0.05 * (high - low) + 1e-12
+    style = {"bins": 50, "smooth": 1.0, "range": list(zip(low - pad, high + pad, strict=True))}
     figure = None
     if reference is not None:
         figure = corner.corner(
@@ -50,6 +53,7 @@ def corner_plot(
             plot_datapoints=False,
             plot_density=False,
             hist_kwargs={"density": True},
+            **style,
         )
     figure = corner.corner(
         samples,
@@ -57,6 +61,7 @@ def corner_plot(
         labels=labels,
         color="C0",
         plot_datapoints=False,
+        **style,
         truths=None if truths is None else np.asarray(truths, dtype=np.float64),
         truth_color="C3",
         hist_kwargs={"density": True},

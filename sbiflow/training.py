@@ -54,7 +54,7 @@ class TrainingConfig:
     seed: int | None = 0
     progress: bool = True
     num_threads: int | None = None
-    lr_decays: int = 0
+    lr_decays: int = 1
     lr_decay_factor: float = 0.2
 
     def __post_init__(self) -> None:
@@ -183,7 +183,7 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_max_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_max_norm)
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_max_norm, foreach=True)
             optimizer.step()
             running += float(loss.detach()) * idx.shape[0]
         model.eval()

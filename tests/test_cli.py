@@ -29,6 +29,9 @@ index = 1
 [sampling]
 num_samples = 200
 
+[diagnostics]
+c2st = true
+
 [output]
 directory = "{out}"
 progress = false
@@ -59,6 +62,7 @@ def test_run_writes_samples_plots_model_and_summary(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_valid_simulations"] == 600
     assert set(summary["posterior"]) == {"theta_1", "theta_2"}
+    assert 0.5 <= summary["c2st_vs_reference"] <= 1.0
     assert "theta_1" in capsys.readouterr().out
     assert (out / "sims.zarr").is_dir()
 

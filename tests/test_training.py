@@ -38,9 +38,22 @@ def test_early_stopping_stops_after_patience():
         Quadratic(),
         a,
         torch.zeros(500, 1),
-        TrainingConfig(learning_rate=0.05, stop_after_epochs=3, progress=False),
+        TrainingConfig(learning_rate=0.05, stop_after_epochs=3, lr_decays=0, progress=False),
     )
     assert len(history.val_loss) == history.best_epoch + 1 + 3
+
+
+def test_learning_rate_decay_goes_on_from_the_best_weights_and_never_does_worse():
+    a, b = torch.randn(500, 1), torch.zeros(500, 1)
+    runs = {}
+    for decays in (0, 1):
+        config = TrainingConfig(
+            learning_rate=0.5, stop_after_epochs=3, lr_decays=decays, progress=False
+        )
+        runs[decays] = train(Quadratic(), a, b, config)
+    assert len(runs[1].val_loss) > len(runs[0].val_loss)
+    assert min(runs[1].val_loss) <= min(runs[0].val_loss)
+    assert runs[1].val_loss[: len(runs[0].val_loss)] == runs[0].val_loss
 
 
 def test_nan_loss_raises_and_restores_best_weights():
