@@ -158,14 +158,9 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
     best_val, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
     decays_left = config.lr_decays
     start = time.perf_counter()
-    bar = tqdm(
-        range(config.max_epochs),
-        desc="training",
-        disable=not config.progress,
-        unit="epoch",
-        leave=False,
-    )
-    for epoch in bar:
+    # No total: early stopping decides the length, so a bar towards max_epochs would mislead.
+    bar = tqdm(desc="training", disable=not config.progress, unit="epoch", leave=False)
+    for epoch in range(config.max_epochs):
         model.train()
         perm = torch.randperm(n_train, generator=generator)
         running = 0.0
@@ -204,6 +199,7 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
         else:
             since_best += 1
         bar.set_postfix(train=f"{running / n_train:.3f}", val=f"{val:.3f}", best=history.best_epoch)
+        bar.update(1)
         if since_best >= config.stop_after_epochs:
             if decays_left == 0:
                 break
