@@ -238,7 +238,6 @@ class FlowEstimator(ConditionalEstimator):
             distributions.StandardNormal([features]),
             embedding_net=embedding,
         )
-        self._dim = features
 
     @property
     def embedding_net(self) -> nn.Module:
