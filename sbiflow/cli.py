@@ -29,7 +29,8 @@ def _resolve_simulator(config: RunConfig) -> Any:
                     f"simulator.factory must look like 'package.module:function', got "
                     f"{section.factory!r}."
                 )
-            sys.path.insert(0, config.base_dir)  # a factory module next to the config file
+            if config.base_dir not in sys.path:  # a factory module next to the config file
+                sys.path.insert(0, config.base_dir)
             factory = getattr(importlib.import_module(module_name), attribute)
             return factory(**section.options)
         registry = importlib.import_module(section.module)

@@ -58,6 +58,7 @@ class NeuralInference:
         self.estimator: ConditionalEstimator | None = None
         self.x_shape: tuple[int, ...] | None = None
         self.history = TrainingHistory()
+        self._cache: dict = {}  # per-observation quantities of the trained estimator
 
     # -- roles -------------------------------------------------------------------------
     def _roles(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,6 +150,7 @@ class NeuralInference:
                 torch.manual_seed(seed)
             self.estimator = self._build_estimator(tuple(a.shape[1:]), tuple(b.shape[1:]))
         self.estimator.standardize_from(a, b)
+        self._cache.clear()
         self.estimator.to(self.device)
         self.history = train(self.estimator, a.to(self.device), b.to(self.device), config)
         self.estimator.eval()

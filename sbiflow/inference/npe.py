@@ -125,8 +125,8 @@ class NPE(NeuralInference):
         return torch.where(in_support(self.prior, theta), logq, torch.full_like(logq, -math.inf))
 
     def _acceptance_rate(self, x_o: Tensor, num_samples: int) -> float:
-        key = (x_o.cpu().numpy().tobytes(), num_samples, id(self.estimator))
-        cache = self.__dict__.setdefault("_acceptance_cache", {})
+        key = ("acceptance", x_o.cpu().numpy().tobytes(), num_samples)
+        cache = self._cache
         if key not in cache:
             with torch.random.fork_rng():  # a fixed seed: log_prob is a deterministic function
                 torch.manual_seed(0)
