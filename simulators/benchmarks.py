@@ -14,13 +14,13 @@ import math
 from collections.abc import Callable
 from importlib import resources
 
-import emcee
 import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Independent, Normal, Uniform
 
 from simulators.base import SimulatorBase
+from simulators.reference import emcee_posterior
 
 __all__ = ["GaussianLinear", "GaussianMixture", "SLCP", "TwoMoons"]
 
@@ -389,17 +389,10 @@ class SLCP(_Benchmark):
         low, high = self.low.copy(), self.high.copy()
         low[2:4] = 0.0
         target = _FoldedTarget(self, xs, low, high)
-
         pool = rng.uniform(low, high, size=(50 * self.num_walkers, self.dim))
-        start = pool[np.argsort(target(pool))[-self.num_walkers :]]  # best prior draws
-
-        steps = self.burn_in + self.thin * -(-n // self.num_walkers)
-        sampler = emcee.EnsembleSampler(self.num_walkers, self.dim, target, vectorize=True)
-        seed = int(rng.integers(2**32))
-        state = emcee.State(start, random_state=np.random.RandomState(seed).get_state())
-        sampler.run_mcmc(state, steps, progress=False)
-        chain = sampler.get_chain(discard=self.burn_in, thin=self.thin, flat=True)
-        samples = chain[rng.permutation(len(chain))[:n]]
+        samples = emcee_posterior(
+            target, pool, n, rng, num_walkers=self.num_walkers, burn_in=self.burn_in, thin=self.thin
+        )
         samples[:, 2:4] *= rng.choice([-1.0, 1.0], size=(n, 2))
         return samples
 
