@@ -18,7 +18,8 @@ from sbiflow.priors import prior_from_spec, prior_to_spec
 __all__ = ["ModelFileError", "load", "save"]
 
 FORMAT = "sbiflow"
-FORMAT_VERSION = 1
+#: 2: NSF layers as ``sbiflow.estimators.coupling`` (one context projection for all layers).
+FORMAT_VERSION = 2
 _CLASSES: dict[str, type[NeuralInference]] = {"NPE": NPE}
 
 
@@ -93,6 +94,12 @@ def load(
         raise ModelFileError(
             f"{path!r} was written by a newer sbiflow ({payload.get('sbiflow_version')}, format "
             f"{payload['format_version']}); upgrade sbiflow to load it."
+        )
+    if payload.get("format_version", 0) < FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path!r} was written by an older sbiflow ({payload.get('sbiflow_version')}, "
+            f"format {payload.get('format_version')}) whose network layout this version does "
+            "not read; retrain the model (the simulations are in your store) and save it again."
         )
     cls = _CLASSES.get(payload.get("class", ""))
     if cls is None:

@@ -39,6 +39,9 @@ class TrainingConfig:
             best weights, multiply the learning rate by ``lr_decay_factor`` and go on, this
             many times before stopping.
         lr_decay_factor: Learning-rate factor of each decay.
+        patience_after_decay: Epochs without improvement that end a phase after the first
+            decay (``None``: ``stop_after_epochs``). A smaller step settles within a few
+            epochs, so waiting as long as the first phase mostly costs time.
         num_threads: Torch intra-op threads while training. ``None``: one thread for
             estimators under a million parameters (their small matrix products gain nothing
             from more, measured here, and slow down many-fold when cores are shared), torch's
@@ -56,6 +59,7 @@ class TrainingConfig:
     num_threads: int | None = None
     lr_decays: int = 1
     lr_decay_factor: float = 0.2
+    patience_after_decay: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -157,6 +161,7 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
     history = TrainingHistory()
     best_val, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
     decays_left = config.lr_decays
+    patience = config.stop_after_epochs
     start = time.perf_counter()
     # No total: early stopping decides the length, so a bar towards max_epochs would mislead.
     bar = tqdm(desc="training", disable=not config.progress, unit="epoch", leave=False)
@@ -200,12 +205,13 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
             since_best += 1
         bar.set_postfix(train=f"{running / n_train:.3f}", val=f"{val:.3f}", best=history.best_epoch)
         bar.update(1)
-        if since_best >= config.stop_after_epochs:
+        if since_best >= patience:
             if decays_left == 0:
                 break
             # A plateau: go on from the best weights with a smaller step.
             decays_left -= 1
             since_best = 0
+            patience = config.patience_after_decay or config.stop_after_epochs
             model.load_state_dict(best_state)
             for group in optimizer.param_groups:
                 group["lr"] *= config.lr_decay_factor

@@ -96,6 +96,16 @@ def test_newer_format_is_refused(quick_npe, tmp_path):
         sbiflow.load(path)
 
 
+def test_older_format_is_refused_with_advice(quick_npe, tmp_path):
+    path = tmp_path / "npe.pt"
+    sbiflow.save(quick_npe, path)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 1
+    torch.save(payload, path)
+    with pytest.raises(sbiflow.ModelFileError, match="older sbiflow.*retrain"):
+        sbiflow.load(path)
+
+
 def test_untrained_model_cannot_be_saved(box_prior, tmp_path):
     with pytest.raises(sbiflow.NotFittedError):
         sbiflow.save(sbiflow.NPE(box_prior), tmp_path / "x.pt")

@@ -5,7 +5,7 @@ Used to choose the training defaults recorded in docs/benchmarks.md, e.g.
     python examples/benchmarks/training_calibration.py two_moons 10000 \\
         512,1e-3,20,0 512,1e-3,20,1 --c2st
 
-Each setting is ``batch,learning_rate,patience,lr_decays``. The held-out NLL is measured on
+Each setting is ``batch,learning_rate,patience,lr_decays[,patience_after_decay]``. The held-out NLL is measured on
 20,000 fresh simulations (seed 99): a less noisy proxy for the posterior's quality than C2ST.
 """
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
     parser.add_argument("num_simulations", type=int)
-    parser.add_argument("settings", nargs="+", help="batch,lr,patience,lr_decays")
+    parser.add_argument("settings", nargs="+", help="batch,lr,patience,lr_decays[,patience_after_decay]")
     parser.add_argument("--c2st", action="store_true", help="also C2ST on observations 1-5")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -42,7 +42,7 @@ def main() -> None:
     theta, x = sbiflow.simulate(sim, args.num_simulations, seed=0, progress=False)
     test_theta, test_x = sbiflow.simulate(sim, 20_000, seed=99, progress=False)
     for setting in args.settings:
-        batch, lr, patience, decays = setting.split(",")
+        batch, lr, patience, decays, *after = setting.split(",")
         torch.manual_seed(0)
         estimator = build_estimator("nsf", tuple(theta.shape[1:]), tuple(x.shape[1:]))
         estimator.standardize_from(theta, x)
@@ -51,6 +51,7 @@ def main() -> None:
             learning_rate=float(lr),
             stop_after_epochs=int(patience),
             lr_decays=int(decays),
+            patience_after_decay=int(after[0]) if after else None,
             progress=False,
         )
         start = time.perf_counter()

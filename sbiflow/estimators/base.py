@@ -88,6 +88,10 @@ class ConditionalEstimator(nn.Module):
         """Draw ``n`` samples of a given one condition ``b`` ``(*b_shape)`` → ``(n, *a_shape)``."""
         raise NotImplementedError
 
+    def sample_each(self, b: Tensor) -> Tensor:
+        """Draw one a per condition: b ``(B, *b_shape)`` → ``(B, *a_shape)``."""
+        raise NotImplementedError
+
     def loss(self, a: Tensor, b: Tensor) -> Tensor:
         """Per-sample training loss ``(B,)``; the default is the negative log density."""
         return -self.log_prob(a, b)

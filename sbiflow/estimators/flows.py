@@ -11,18 +11,16 @@ References:
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
 from nflows import distributions, flows, transforms
-from nflows.nn import nets
-from nflows.transforms import splines
-from nflows.utils import create_alternating_binary_mask
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sbiflow.estimators.base import ConditionalEstimator
+from sbiflow.estimators.coupling import ContextProjection, SplineCoupling
+from sbiflow.estimators.splines import rational_quadratic_spline
 
 __all__ = ["FlowEstimator", "FLOW_KINDS"]
 
@@ -88,13 +86,12 @@ class _ContextTransform(transforms.Transform):
         params = self.net(context)  # (B, P)
         if self.kind == "nsf":
             bins = self.num_bins
-            outputs, logabsdet = splines.unconstrained_rational_quadratic_spline(
+            outputs, logabsdet = rational_quadratic_spline(
                 inputs,
                 params[:, None, :bins],
                 params[:, None, bins : 2 * bins],
                 params[:, None, 2 * bins :],
                 inverse=inverse,
-                tails="linear",
                 tail_bound=self.tail_bound,
             )
             return outputs, logabsdet.sum(dim=-1)
@@ -108,6 +105,55 @@ class _ContextTransform(transforms.Transform):
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._evaluate(inputs, context, inverse=True)
+
+
+class _SplineCouplingFlow(transforms.Transform):
+    """NSF layers: spline couplings on alternating halves, each followed by an LU layer.
+
+    sbi's NSF architecture (nflows' coupling layer with a ``ResidualNet`` conditioner),
+    with the context terms of all layers computed in one product (see
+    ``sbiflow.estimators.coupling``).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int,
+        hidden: int,
+        num_transforms: int,
+        num_bins: int,
+        tail_bound: float,
+        num_blocks: int,
+    ) -> None:
+        super().__init__()
+        self.projection = ContextProjection(context, num_transforms, 1 + num_blocks, hidden)
+        self.couplings = nn.ModuleList(
+            SplineCoupling(features, hidden, num_blocks, num_bins, tail_bound, i % 2 == 0, context)
+            for i in range(num_transforms)
+        )
+        self.mixers = nn.ModuleList(
+            _LULinear(features, identity_init=True) for _ in range(num_transforms)
+        )
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        terms = self.projection(context).unbind(1)  # T x (B, 1 + blocks, H)
+        outputs, total = inputs, inputs.new_zeros(inputs.shape[0])
+        for coupling, mixer, term in zip(self.couplings, self.mixers, terms, strict=True):
+            outputs, logabsdet = coupling(outputs, term)
+            total = total + logabsdet
+            outputs, logabsdet = mixer(outputs)
+            total = total + logabsdet
+        return outputs, total
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        terms = self.projection(context).unbind(1)
+        outputs, total = inputs, inputs.new_zeros(inputs.shape[0])
+        for t in reversed(range(len(self.couplings))):
+            outputs, logabsdet = self.mixers[t].inverse(outputs)
+            total = total + logabsdet
+            outputs, logabsdet = self.couplings[t].inverse(outputs, terms[t])
+            total = total + logabsdet
+        return outputs, total
 
 
 def _nsf_layers(
@@ -124,27 +170,11 @@ def _nsf_layers(
             _ContextTransform("nsf", context, hidden, num_bins, tail_bound)
             for _ in range(num_transforms)
         ]
-    layers: list[transforms.Transform] = []
-    for i in range(num_transforms):
-        conditioner = partial(
-            nets.ResidualNet,
-            hidden_features=hidden,
-            context_features=context,
-            num_blocks=num_blocks,
-            activation=F.relu,
+    return [
+        _SplineCouplingFlow(
+            features, context, hidden, num_transforms, num_bins, tail_bound, num_blocks
         )
-        layers.append(
-            transforms.PiecewiseRationalQuadraticCouplingTransform(
-                mask=create_alternating_binary_mask(features, even=(i % 2 == 0)),
-                transform_net_create_fn=conditioner,
-                num_bins=num_bins,
-                tails="linear",
-                tail_bound=tail_bound,
-                apply_unconditional_transform=False,
-            )
-        )
-        layers.append(_LULinear(features, identity_init=True))
-    return layers
+    ]
 
 
 def _maf_layers(
@@ -263,6 +293,11 @@ class FlowEstimator(ConditionalEstimator):
         """Draw ``n`` samples given one ``b`` ``(*b_shape)`` → ``(n, D_a)``."""
         b_z = self.b_standardizer(b.reshape(1, *self.b_shape))
         a_z = self.flow.sample(n, context=b_z)[0]  # (n, D_a)
+        return self.a_standardizer.inverse(a_z)
+
+    def sample_each(self, b: Tensor) -> Tensor:
+        """Draw one a per condition: b ``(B, *b_shape)`` → ``(B, D_a)``."""
+        a_z = self.flow.sample(1, context=self.b_standardizer(b))[:, 0]  # (B, D_a)
         return self.a_standardizer.inverse(a_z)
 
     def sample_and_log_prob(self, n: int, b: Tensor) -> tuple[Tensor, Tensor]:
