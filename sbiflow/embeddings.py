@@ -5,10 +5,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch  # noqa: F401  (the doctest uses it)
+import torch
 from torch import Tensor, nn
 
-__all__ = ["MLPEmbedding", "build_embedding", "embedding_spec"]
+__all__ = [
+    "CNNEmbedding",
+    "DeepSetEmbedding",
+    "MLPEmbedding",
+    "build_embedding",
+    "default_embedding",
+    "embedding_spec",
+    "is_masked_set",
+]
 
 
 class MLPEmbedding(nn.Module):
@@ -55,7 +63,166 @@ class MLPEmbedding(nn.Module):
         return self.net(x.flatten(start_dim=1))
 
 
-_EMBEDDINGS = {"mlp": MLPEmbedding}
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1], strict=True):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+class DeepSetEmbedding(nn.Module):
+    r"""Permutation-invariant network for a padded set with a mask in its last column.
+
+    Each element's features go through :math:`\phi`; the masked mean over present elements,
+    together with the log of their number (the size of a set is data too), goes through
+    :math:`\rho`. Padding rows never reach the output.
+
+    Args:
+        x_shape: ``(N_max, F + 1)``: up to ``N_max`` elements of ``F`` features, then the mask
+            (1 present, 0 padding).
+        out_features: Number of output features.
+        hidden_features: Width of the hidden layers of both networks.
+        num_layers: Hidden layers of each network.
+
+    Example:
+        >>> net = DeepSetEmbedding((5, 3), out_features=4)
+        >>> x = torch.zeros(2, 5, 3)
+        >>> x[:, :3, 2] = 1.0  # three elements present
+        >>> net(x).shape
+        torch.Size([2, 4])
+
+    References:
+        Deep Sets (Zaheer et al., 2017), arXiv:1703.06114.
+    """
+
+    def __init__(
+        self,
+        x_shape: tuple[int, ...],
+        out_features: int = 20,
+        hidden_features: int = 64,
+        num_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(x_shape) != 2 or x_shape[1] < 2:
+            raise ValueError(f"A masked set has shape (N_max, F + 1), got {tuple(x_shape)}.")
+        self.x_shape = tuple(x_shape)
+        self.out_features = out_features
+        features = x_shape[1] - 1
+        self.phi = _mlp([features] + [hidden_features] * num_layers + [hidden_features])
+        self.rho = _mlp([hidden_features + 1] + [hidden_features] * num_layers + [out_features])
+        self.spec = {
+            "type": "deepset",
+            "out_features": out_features,
+            "hidden_features": hidden_features,
+            "num_layers": num_layers,
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed sets ``(B, N_max, F + 1)`` into ``(B, out_features)``."""
+        mask = x[..., -1:]  # (B, N, 1)
+        count = mask.sum(dim=1)  # (B, 1)
+        pooled = (self.phi(x[..., :-1]) * mask).sum(dim=1) / count.clamp_min(1.0)  # (B, H)
+        return self.rho(torch.cat([pooled, torch.log1p(count)], dim=1))
+
+
+class CNNEmbedding(nn.Module):
+    """Convolutional network for maps: 3x3 convolutions and 2x2 pooling, then a linear head.
+
+    Args:
+        x_shape: ``(H, W)`` (one channel) or ``(C, H, W)``.
+        out_features: Number of output features.
+        channels: Channels of the successive convolution blocks; each block halves H and W.
+        hidden_features: Width of the linear layer after the convolutions.
+        circular: Pad periodically (a map of a periodic box, e.g. a simulated field).
+
+    Example:
+        >>> net = CNNEmbedding((16, 16), out_features=5)
+        >>> net(torch.zeros(3, 16, 16)).shape
+        torch.Size([3, 5])
+    """
+
+    def __init__(
+        self,
+        x_shape: tuple[int, ...],
+        out_features: int = 20,
+        channels: tuple[int, ...] | list[int] = (16, 32, 64),
+        hidden_features: int = 64,
+        circular: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(x_shape) not in (2, 3):
+            raise ValueError(f"A map has shape (H, W) or (C, H, W), got {tuple(x_shape)}.")
+        self.x_shape = tuple(x_shape)
+        self.out_features = out_features
+        in_channels, height, width = (1, *x_shape) if len(x_shape) == 2 else x_shape
+        layers: list[nn.Module] = []
+        for out_channels in channels:
+            if min(height, width) < 2:
+                raise ValueError(f"{len(channels)} pooling blocks are too many for {x_shape}.")
+            layers += [
+                nn.Conv2d(
+                    in_channels,
+                    out_channels,
+                    3,
+                    padding=1,
+                    padding_mode="circular" if circular else "zeros",
+                ),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            in_channels, height, width = out_channels, height // 2, width // 2
+        self.features = nn.Sequential(*layers)
+        self.head = _mlp([in_channels * height * width, hidden_features, out_features])
+        self.spec = {
+            "type": "cnn",
+            "out_features": out_features,
+            "channels": list(channels),
+            "hidden_features": hidden_features,
+            "circular": circular,
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed maps ``(B, *x_shape)`` into ``(B, out_features)``."""
+        if len(self.x_shape) == 2:
+            x = x.unsqueeze(1)  # (B, 1, H, W)
+        return self.head(self.features(x).flatten(start_dim=1))
+
+
+_EMBEDDINGS = {"mlp": MLPEmbedding, "deepset": DeepSetEmbedding, "cnn": CNNEmbedding}
+
+#: Smallest side of a 2-D x read as a map (smaller ones are flattened into an MLP's input).
+MIN_MAP_SIDE = 8
+
+
+def is_masked_set(x: Tensor) -> bool:
+    """Whether simulations ``(N, N_max, F + 1)`` look like padded sets with a 0/1 mask column.
+
+    The last column must be 0 or 1 everywhere, padding rows (mask 0) must be all zeros, and
+    some sets must be padded. A map's last column is not like that.
+    """
+    if x.ndim != 3 or x.shape[2] < 2:
+        return False
+    mask = x[..., -1]
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        return False
+    padded = mask == 0
+    return bool(padded.any()) and bool((x[padded] == 0).all())
+
+
+def default_embedding(x: Tensor) -> nn.Module | None:
+    """The embedding ``NPE`` picks from the training simulations ``(N, *x_shape)``.
+
+    Masked sets get a :class:`DeepSetEmbedding`, maps ``(H, W)`` or ``(C, H, W)`` with sides
+    of at least ``MIN_MAP_SIDE`` a :class:`CNNEmbedding`; anything else ``None``: the flattened
+    vector goes to the estimator as it is.
+    """
+    shape = tuple(x.shape[1:])
+    if is_masked_set(x):
+        return DeepSetEmbedding(shape)
+    if len(shape) in (2, 3) and min(shape[-2:]) >= MIN_MAP_SIDE:
+        return CNNEmbedding(shape)
+    return None
 
 
 def build_embedding(spec: dict[str, Any], x_shape: tuple[int, ...]) -> nn.Module:

@@ -5,8 +5,9 @@ Used to choose the training defaults recorded in docs/benchmarks.md, e.g.
     python examples/benchmarks/training_calibration.py two_moons 10000 \\
         512,1e-3,20,0 512,1e-3,20,1 --c2st
 
-Each setting is ``batch,learning_rate,patience,lr_decays[,patience_after_decay]``. The held-out NLL is measured on
-20,000 fresh simulations (seed 99): a less noisy proxy for the posterior's quality than C2ST.
+Each setting is ``batch,lr,patience,lr_decays[,patience_after_decay[,patience_growth]]``.
+The held-out NLL is measured on 20,000 fresh simulations (seed 99): a less noisy proxy for the
+posterior's quality than C2ST.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
     parser.add_argument("num_simulations", type=int)
-    parser.add_argument("settings", nargs="+", help="batch,lr,patience,lr_decays[,patience_after_decay]")
+    parser.add_argument(
+        "settings",
+        nargs="+",
+        help="batch,lr,patience,decays[,after_decay[,growth]]",
+    )
     parser.add_argument("--c2st", action="store_true", help="also C2ST on observations 1-5")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -52,6 +57,7 @@ def main() -> None:
             stop_after_epochs=int(patience),
             lr_decays=int(decays),
             patience_after_decay=int(after[0]) if after else None,
+            patience_growth=float(after[1]) if len(after) > 1 else 0.0,
             progress=False,
         )
         start = time.perf_counter()

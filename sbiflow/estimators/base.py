@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sbiflow.embeddings import is_masked_set
+
 __all__ = ["ConditionalEstimator", "Standardizer"]
 
 
@@ -26,12 +28,36 @@ class Standardizer(nn.Module):
 
     @torch.no_grad()
     def fit(self, data: Tensor) -> None:
-        """Learn mean, std and the observed range from ``data`` of shape ``(N, *shape)``."""
+        """Learn mean, std and the observed range from ``data`` of shape ``(N, *shape)``.
+
+        Padded sets with a mask column (see ``sbiflow.embeddings.is_masked_set``) get one
+        mean and std per feature over the elements present, the same in every row, and a
+        mask left as it is.
+        """
+        if is_masked_set(data):
+            self._fit_set(data)
+            return
         self.mean.copy_(data.mean(dim=0))
         std = data.std(dim=0) if data.shape[0] > 1 else torch.ones_like(self.std)
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
         self.low.copy_(data.min(dim=0).values)
         self.high.copy_(data.max(dim=0).values)
+
+    def _fit_set(self, data: Tensor) -> None:
+        present = data[data[..., -1] == 1][:, :-1]  # (M, F): every element of every set
+        mean, std = present.mean(dim=0), present.std(dim=0)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        # Padding rows hold zeros: the range includes 0, so they never look out of range.
+        low = present.min(dim=0).values.clamp(max=0.0)
+        high = present.max(dim=0).values.clamp(min=0.0)
+        for buffer, features, mask_value in (
+            (self.mean, mean, 0.0),
+            (self.std, std, 1.0),
+            (self.low, low, 0.0),
+            (self.high, high, 1.0),
+        ):
+            buffer[..., :-1] = features
+            buffer[..., -1] = mask_value
 
     def forward(self, data: Tensor) -> Tensor:
         """Standardize ``data`` of shape ``(N, *shape)``."""

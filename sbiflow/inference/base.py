@@ -30,7 +30,9 @@ class NeuralInference:
     Args:
         prior: Any ``torch.distributions.Distribution`` over θ with event shape ``(D,)``.
         estimator: Estimator family, one of ``sbiflow.estimators.ESTIMATORS``.
-        embedding_net: Optional network for the condition (x for NPE).
+        embedding_net: Network for the condition (x for NPE). ``"auto"`` (default): NPE
+            picks one from the training simulations (a DeepSet for padded sets with a mask
+            column, a CNN for maps, none for vectors); ``None``: none, x is flattened.
         device: Torch device for training and sampling.
         **estimator_options: Passed to the estimator (e.g. ``hidden_features=64``).
     """
@@ -39,10 +41,14 @@ class NeuralInference:
         self,
         prior: Distribution,
         estimator: str = "nsf",
-        embedding_net: nn.Module | None = None,
+        embedding_net: nn.Module | str | None = "auto",
         device: str = "cpu",
         **estimator_options: Any,
     ) -> None:
+        if isinstance(embedding_net, str) and embedding_net != "auto":
+            raise ValueError(
+                f'embedding_net must be a torch module, "auto" or None, got {embedding_net!r}.'
+            )
         if not isinstance(prior, Distribution):
             raise TypeError(
                 f"prior must be a torch.distributions.Distribution, got {type(prior).__name__}."
@@ -53,7 +59,10 @@ class NeuralInference:
         self.theta_dim = prior_dim(prior)
         self.estimator_kind = estimator
         self.estimator_options = estimator_options
-        self.embedding_net = embedding_net
+        self.embedding_net: nn.Module | None = None
+        self.auto_embedding = embedding_net == "auto"
+        if isinstance(embedding_net, nn.Module):
+            self.embedding_net = embedding_net
         self.device = torch.device(device)
         self.estimator: ConditionalEstimator | None = None
         self.x_shape: tuple[int, ...] | None = None
@@ -148,6 +157,8 @@ class NeuralInference:
         with torch.random.fork_rng():
             if seed is not None:
                 torch.manual_seed(seed)
+            if self.auto_embedding:
+                self.embedding_net = self._default_embedding(b)
             self.estimator = self._build_estimator(tuple(a.shape[1:]), tuple(b.shape[1:]))
         self.estimator.standardize_from(a, b)
         self._cache.clear()
@@ -155,6 +166,10 @@ class NeuralInference:
         self.history = train(self.estimator, a.to(self.device), b.to(self.device), config)
         self.estimator.eval()
         return self
+
+    def _default_embedding(self, b: Tensor) -> nn.Module | None:
+        """The embedding picked for conditions ``b`` when the user gave none."""
+        return None
 
     def _build_estimator(
         self, a_shape: tuple[int, ...], b_shape: tuple[int, ...]

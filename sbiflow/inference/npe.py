@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from sbiflow.embeddings import default_embedding
 from sbiflow.inference.base import NeuralInference
 from sbiflow.priors import in_support, validate_theta
 
@@ -48,6 +49,9 @@ class NPE(NeuralInference):
 
     def _x_standardizer(self) -> nn.Module:
         return self._trained().b_standardizer
+
+    def _default_embedding(self, b: Tensor) -> nn.Module | None:
+        return default_embedding(b)
 
     @torch.no_grad()
     def sample(self, n: int, x: Tensor, *, seed: int | None = None) -> Tensor:
