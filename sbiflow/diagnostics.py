@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-__all__ = ["c2st"]
+__all__ = ["CoverageResult", "SBCResult", "c2st", "expected_coverage", "sbc", "tarp"]
+
+
+class Posterior(Protocol):
+    """What the calibration diagnostics need: ``NPE`` (or anything alike)."""
+
+    def sample(self, n: int, x: Tensor, *, seed: int | None = None) -> Tensor: ...
+
+    def log_prob(self, theta: Tensor, x: Tensor, *, normalize: bool = True) -> Tensor: ...
 
 
 def c2st(reference: Tensor, samples: Tensor, seed: int = 1, n_folds: int = 5) -> float:
@@ -49,3 +61,162 @@ def c2st(reference: Tensor, samples: Tensor, seed: int = 1, n_folds: int = 5) ->
             reference, samples, seed=seed, n_folds=n_folds, classifier="mlp", classifier_kwargs=mlp
         )
     return float(score)
+
+
+class _SbiView:
+    """Our posterior seen through the interface sbi's diagnostics call."""
+
+    def __init__(self, posterior: Posterior, seed: int, progress: bool) -> None:
+        self.posterior, self.seed, self.progress = posterior, seed, progress
+
+    def sample_batched(self, sample_shape: Sequence[int], x: Tensor, **_: Any) -> Tensor:
+        from tqdm.auto import tqdm
+
+        n = int(torch.Size(sample_shape).numel())
+        draws = [
+            self.posterior.sample(n, x=x_i, seed=self.seed + i)
+            for i, x_i in enumerate(tqdm(x, desc="posterior samples", disable=not self.progress))
+        ]
+        return torch.stack(draws, dim=1)  # (n, B, D)
+
+    def negative_log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
+        # The normalization is one constant per x: it cannot change a rank.
+        return -self.posterior.log_prob(theta, x=x, normalize=False)
+
+
+@dataclass
+class SBCResult:
+    """Simulation-based calibration of a posterior.
+
+    Attributes:
+        ranks: Rank of each true parameter among its posterior samples, ``(B, D)``.
+        num_posterior_samples: Samples per test simulation (ranks lie in ``[0, this]``).
+        ks_pvalues: Per-parameter p-values of a K-S test of uniform ranks, ``(D,)``.
+        c2st_ranks: Per-parameter C2ST between the ranks and uniform ones (0.5 is ideal).
+        dap_samples: One posterior draw per test simulation, ``(B, D)`` (their law should
+            be the prior's).
+    """
+
+    ranks: Tensor
+    num_posterior_samples: int
+    ks_pvalues: Tensor
+    c2st_ranks: Tensor
+    dap_samples: Tensor
+
+
+def sbc(
+    posterior: Posterior,
+    theta: Tensor,
+    x: Tensor,
+    num_posterior_samples: int = 1_000,
+    seed: int = 0,
+    progress: bool = True,
+) -> SBCResult:
+    """Simulation-based calibration (Talts et al. 2018, arXiv:1804.06788), run by sbi.
+
+    Args:
+        posterior: A trained posterior (e.g. ``NPE``).
+        theta: Test parameters drawn from the prior, ``(B, D)``.
+        x: Their simulations, ``(B, *x_shape)``.
+        num_posterior_samples: Posterior samples per test simulation.
+        seed: Seed of the posterior samples.
+        progress: Show progress bars.
+
+    Returns:
+        Ranks and sbi's checks of their uniformity.
+    """
+    from sbi.diagnostics import check_sbc, run_sbc
+
+    view = _SbiView(posterior, seed, progress)
+    ranks, dap = run_sbc(theta, x, view, num_posterior_samples, show_progress_bar=progress)
+    checks = check_sbc(ranks, theta, dap, num_posterior_samples=num_posterior_samples)
+    return SBCResult(ranks, num_posterior_samples, checks["ks_pvals"], checks["c2st_ranks"], dap)
+
+
+@dataclass
+class CoverageResult:
+    """Expected coverage of highest-posterior-density regions.
+
+    Attributes:
+        levels: Credibility levels asked for, ``(L,)``.
+        coverage: Share of test parameters inside their HPD region of each level, ``(L,)``.
+        hpd_levels: For each test simulation, the smallest HPD level containing the true
+            parameter, ``(B,)``; uniform on [0, 1] for a calibrated posterior.
+    """
+
+    levels: Tensor
+    coverage: Tensor
+    hpd_levels: Tensor
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"0.68": 0.67, ...}``: nominal level → measured coverage."""
+        return {f"{float(a):g}": float(c) for a, c in zip(self.levels, self.coverage, strict=True)}
+
+
+def expected_coverage(
+    posterior: Posterior,
+    theta: Tensor,
+    x: Tensor,
+    levels: Sequence[float] = (0.5, 0.68, 0.95),
+    num_posterior_samples: int = 1_000,
+    seed: int = 0,
+    progress: bool = True,
+) -> CoverageResult:
+    """Expected coverage of HPD regions over test simulations, computed by sbi's ``run_sbc``.
+
+    For each test pair (θ*, x*), the share of posterior samples with a higher density than
+    θ* is the smallest HPD level containing θ*. A calibrated posterior covers θ* with
+    probability α at level α; below α it is overconfident, above it conservative.
+
+    Args:
+        posterior: A trained posterior with ``sample`` and ``log_prob`` (e.g. ``NPE``).
+        theta: Test parameters drawn from the prior, ``(B, D)``.
+        x: Their simulations, ``(B, *x_shape)``.
+        levels: Credibility levels.
+        num_posterior_samples: Posterior samples per test simulation.
+        seed: Seed of the posterior samples.
+        progress: Show progress bars.
+
+    Returns:
+        Levels, coverage per level, and the HPD level of every test parameter.
+    """
+    from sbi.diagnostics import run_sbc
+
+    view = _SbiView(posterior, seed, progress)
+    ranks, _ = run_sbc(
+        theta,
+        x,
+        view,
+        num_posterior_samples,
+        reduce_fns=view.negative_log_prob,
+        show_progress_bar=progress,
+    )
+    hpd = ranks[:, 0] / num_posterior_samples  # share of samples denser than θ*
+    levels_t = torch.as_tensor(list(levels), dtype=torch.float32)
+    coverage = (hpd[None, :] < levels_t[:, None]).float().mean(dim=1)
+    return CoverageResult(levels_t, coverage, hpd)
+
+
+def tarp(
+    posterior: Posterior,
+    theta: Tensor,
+    x: Tensor,
+    num_posterior_samples: int = 1_000,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor, float, float]:
+    """TARP expected coverage (Lemos et al. 2023, arXiv:2302.03026), run by sbi.
+
+    Returns:
+        ``(ecp, alpha, atc, ks_pvalue)``: expected coverage probability per credibility
+        level ``alpha``, the area to curve (0 for a calibrated posterior) and the K-S p-value
+        of ecp against alpha, as sbi's ``run_tarp`` and ``check_tarp`` give them.
+    """
+    from sbi.diagnostics import check_tarp, run_tarp
+
+    view = _SbiView(posterior, seed, progress)
+    ecp, alpha = run_tarp(
+        theta, x, view, num_posterior_samples=num_posterior_samples, show_progress_bar=progress
+    )
+    atc, ks_pvalue = check_tarp(ecp, alpha)
+    return ecp, alpha, float(atc), float(ks_pvalue)
