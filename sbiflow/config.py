@@ -8,6 +8,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from sbiflow.training import TrainingConfig
+
 __all__ = ["ConfigError", "RunConfig", "load_config"]
 
 
@@ -49,10 +51,10 @@ class TrainingSection:
     """Options of the training loop (see ``sbiflow.training.TrainingConfig``)."""
 
     batch_size: int = 0  # 0: chosen from the number of simulations
-    learning_rate: float = 1e-3
-    validation_fraction: float = 0.1
-    stop_after_epochs: int = 20
-    max_epochs: int = 10_000
+    learning_rate: float = TrainingConfig.learning_rate
+    validation_fraction: float = TrainingConfig.validation_fraction
+    stop_after_epochs: int = TrainingConfig.stop_after_epochs
+    max_epochs: int = TrainingConfig.max_epochs
     clip_max_norm: float = 5.0
     seed: int = 0
 

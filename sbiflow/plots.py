@@ -1,4 +1,4 @@
-"""Plots a physicist expects: corner plots (the corner package) and loss curves."""
+"""Plots a physicist expects: corner plots (the corner package), loss curves, calibration."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from sbiflow.diagnostics import CoverageResult, SBCResult  # noqa: E402
 from sbiflow.training import TrainingHistory  # noqa: E402
 
-__all__ = ["corner_plot", "loss_plot"]
+__all__ = ["corner_plot", "coverage_plot", "loss_plot", "rank_plot"]
 
 
 def corner_plot(
@@ -95,3 +96,73 @@ def loss_plot(history: TrainingHistory, path: str | os.PathLike | None = None) -
     if path is not None:
         figure.savefig(os.fspath(path), dpi=120)
     return figure
+
+
+def _save(figure: Figure, path: str | os.PathLike | None) -> Figure:
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(os.fspath(path), dpi=120)
+    return figure
+
+
+def coverage_plot(result: CoverageResult, path: str | os.PathLike | None = None) -> Figure:
+    """Expected coverage of HPD regions against the credibility level.
+
+    On the diagonal, the posterior is calibrated; below, overconfident; above, conservative.
+    The grey band is the 95% binomial range of a calibrated posterior over as many tests.
+
+    Args:
+        result: From ``sbiflow.diagnostics.expected_coverage``.
+        path: If given, the figure is saved there.
+
+    Returns:
+        The matplotlib figure.
+    """
+    hpd = np.sort(result.hpd_levels.numpy())
+    n = len(hpd)
+    alpha = np.linspace(0.0, 1.0, 201)
+    empirical = np.searchsorted(hpd, alpha, side="right") / n
+    band = 1.96 * np.sqrt(alpha * (1 - alpha) / n)
+    figure, axis = plt.subplots(figsize=(4, 4))
+    axis.fill_between(alpha, alpha - band, alpha + band, color="0.85", label="calibrated ±95%")
+    axis.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--")
+    axis.plot(alpha, empirical, color="C0", label="expected coverage")
+    axis.scatter(result.levels.numpy(), result.coverage.numpy(), color="C3", zorder=3)
+    axis.set_xlabel("credibility level")
+    axis.set_ylabel("coverage of the true parameter")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def rank_plot(
+    result: SBCResult,
+    labels: Sequence[str] | None = None,
+    bins: int = 20,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """SBC rank histograms, one panel per parameter, over the 99% band of uniform ranks.
+
+    Args:
+        result: From ``sbiflow.diagnostics.sbc``.
+        labels: Parameter labels.
+        bins: Histogram bins.
+        path: If given, the figure is saved there.
+
+    Returns:
+        The matplotlib figure.
+    """
+    from scipy import stats
+
+    ranks = result.ranks.numpy()
+    n, dim = ranks.shape
+    low, high = stats.binom.ppf([0.005, 0.995], n, 1.0 / bins)
+    figure, axes = plt.subplots(1, dim, figsize=(2.6 * dim, 2.4), squeeze=False)
+    for d, axis in enumerate(axes[0]):
+        axis.axhspan(low, high, color="0.85")
+        axis.axhline(n / bins, color="0.4", lw=1)
+        axis.hist(ranks[:, d], bins=bins, range=(0, result.num_posterior_samples), color="C0")
+        axis.set_xlabel(labels[d] if labels else f"rank of parameter {d + 1}")
+        axis.set_yticks([])
+    return _save(figure, path)

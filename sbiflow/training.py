@@ -31,7 +31,7 @@ class TrainingConfig:
         learning_rate: Adam learning rate.
         validation_fraction: Share of the data held out for early stopping.
         stop_after_epochs: Stop when the validation loss has not improved for this many epochs
-            (at least; see ``patience_growth``).
+            (at most; see ``min_patience``).
         max_epochs: Hard limit on epochs.
         clip_max_norm: Gradient norm clipping (``None`` disables it).
         seed: Seed for the split, initialization-independent batch order.
@@ -43,18 +43,15 @@ class TrainingConfig:
         patience_after_decay: Epochs without improvement that end a phase after the first
             decay (``None``: ``stop_after_epochs``). A smaller step settles within a few
             epochs, so waiting as long as the first phase mostly costs time.
-        patience_growth: The patience of the first phase grows with the epoch of the best
-            validation loss so far, to ``max(stop_after_epochs, patience_growth * best)``: a
-            run that has improved for a long time is improving slowly and noisily and
-            deserves more patience than one that overfits after a few epochs.
-        num_threads: Torch intra-op threads while training. ``None``: one thread for
-            estimators under a million parameters (their small matrix products gain nothing
-            from more, measured here, and slow down many-fold when cores are shared), torch's
-            default for larger ones.
+        min_patience: The patience of the first phase is the epoch of the best validation
+            loss so far, kept between ``min_patience`` and ``stop_after_epochs`` (``None``:
+            always ``stop_after_epochs``). A run whose best epoch is early overfits the
+            simulations soon and will not come back; one that has improved for a long time
+            is improving slowly and noisily and gets the full patience.
     """
 
     batch_size: int | None = None
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     validation_fraction: float = 0.1
     stop_after_epochs: int = 20
     max_epochs: int = 10_000
@@ -64,8 +61,8 @@ class TrainingConfig:
     num_threads: int | None = None
     lr_decays: int = 1
     lr_decay_factor: float = 0.2
-    patience_after_decay: int | None = None
-    patience_growth: float = 0.0
+    patience_after_decay: int | None = 5
+    min_patience: int | None = 10
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -211,10 +208,8 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
             since_best += 1
         bar.set_postfix(train=f"{running / n_train:.3f}", val=f"{val:.3f}", best=history.best_epoch)
         bar.update(1)
-        if decays_left == config.lr_decays:  # first phase
-            patience = max(
-                config.stop_after_epochs, int(config.patience_growth * history.best_epoch)
-            )
+        if decays_left == config.lr_decays and config.min_patience is not None:
+            patience = min(config.stop_after_epochs, max(config.min_patience, history.best_epoch))
         if since_best >= patience:
             if decays_left == 0:
                 break

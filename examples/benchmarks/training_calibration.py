@@ -5,7 +5,7 @@ Used to choose the training defaults recorded in docs/benchmarks.md, e.g.
     python examples/benchmarks/training_calibration.py two_moons 10000 \\
         512,1e-3,20,0 512,1e-3,20,1 --c2st
 
-Each setting is ``batch,lr,patience,lr_decays[,patience_after_decay[,patience_growth]]``.
+Each setting is ``batch,lr,patience,lr_decays[,after_decay[,min_patience]]``.
 The held-out NLL is measured on 20,000 fresh simulations (seed 99): a less noisy proxy for the
 posterior's quality than C2ST.
 """
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument(
         "settings",
         nargs="+",
-        help="batch,lr,patience,decays[,after_decay[,growth]]",
+        help="batch,lr,patience,decays[,after_decay[,min_patience]]",
     )
     parser.add_argument("--c2st", action="store_true", help="also C2ST on observations 1-5")
     args = parser.parse_args()
@@ -57,7 +57,7 @@ def main() -> None:
             stop_after_epochs=int(patience),
             lr_decays=int(decays),
             patience_after_decay=int(after[0]) if after else None,
-            patience_growth=float(after[1]) if len(after) > 1 else 0.0,
+            min_patience=int(after[1]) if len(after) > 1 else None,
             progress=False,
         )
         start = time.perf_counter()

@@ -112,14 +112,9 @@ class NeuralInference:
         theta: Tensor,
         x: Tensor,
         *,
-        batch_size: int | None = None,
-        learning_rate: float = 1e-3,
-        validation_fraction: float = 0.1,
-        stop_after_epochs: int = 20,
-        max_epochs: int = 10_000,
-        clip_max_norm: float | None = 5.0,
         seed: int | None = 0,
         progress: bool = True,
+        **training_options: Any,
     ) -> NeuralInference:
         """Train the estimator on simulations.
 
@@ -129,28 +124,20 @@ class NeuralInference:
         Args:
             theta: Parameters, shape ``(N, D)``.
             x: Simulations, shape ``(N, *x_shape)``.
-            batch_size: Samples per step (``None``: chosen from N, see ``TrainingConfig``).
-            learning_rate: Adam learning rate.
-            validation_fraction: Held-out share for early stopping.
-            stop_after_epochs: Early-stopping patience in epochs.
-            max_epochs: Hard limit on epochs.
-            clip_max_norm: Gradient clipping norm (``None``: off).
             seed: Seed for weights, split and batch order (``None``: fresh randomness).
             progress: Show a progress bar.
+            **training_options: Any field of ``sbiflow.training.TrainingConfig``:
+                ``batch_size``, ``learning_rate``, ``validation_fraction``,
+                ``stop_after_epochs``, ``max_epochs``, ``clip_max_norm``, ``lr_decays``,
+                ``num_threads``, ...
 
         Returns:
             ``self``, trained; ``self.history`` holds the losses.
+
+        Raises:
+            TypeError: For an unknown training option.
         """
-        config = TrainingConfig(
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            validation_fraction=validation_fraction,
-            stop_after_epochs=stop_after_epochs,
-            max_epochs=max_epochs,
-            clip_max_norm=clip_max_norm,
-            seed=seed,
-            progress=progress,
-        )
+        config = TrainingConfig(seed=seed, progress=progress, **training_options)
         theta, x = self._check_training_data(theta, x)
         self.x_shape = tuple(x.shape[1:])
         a, b = self._roles(theta, x)
