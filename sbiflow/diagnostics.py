@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-__all__ = ["CoverageResult", "SBCResult", "c2st", "expected_coverage", "sbc", "tarp"]
+__all__ = [
+    "CoverageResult",
+    "PredictiveCheck",
+    "SBCResult",
+    "c2st",
+    "expected_coverage",
+    "posterior_predictive",
+    "sbc",
+    "tarp",
+]
 
 
 class Posterior(Protocol):
@@ -220,3 +230,85 @@ def tarp(
     )
     atc, ks_pvalue = check_tarp(ecp, alpha)
     return ecp, alpha, float(atc), float(ks_pvalue)
+
+
+@dataclass
+class PredictiveCheck:
+    """Posterior predictive check: simulations at posterior draws, against the observation.
+
+    Attributes:
+        x_o: The observation, ``x_shape``.
+        simulated: Real-simulator draws at posterior samples, ``(n, *x_shape)``.
+        emulated: Emulator draws at the same samples, ``(n, *x_shape)``, or ``None``.
+        percentiles: Share of simulated draws below ``x_o``, per element, ``x_shape``;
+            values near 0 or 1 flag elements the model does not reproduce.
+        p_value: Share of simulated draws farther from the predictive mean than ``x_o``
+            (Mahalanobis distance with the predictive covariance): small means the
+            observation is atypical of the fitted model.
+        emulator_p_value: The same distance test of the emulated draws against the
+            simulated ones (a two-sample K-S test of their distances), or ``None``.
+    """
+
+    x_o: Tensor
+    simulated: Tensor
+    emulated: Tensor | None
+    percentiles: Tensor
+    p_value: float
+    emulator_p_value: float | None
+
+
+def _simulate(simulator: Any, theta: Tensor, seed: int) -> Tensor:
+    if hasattr(simulator, "simulate"):  # the simulator protocol: simulate(theta, rng)
+        return torch.as_tensor(simulator.simulate(theta, np.random.default_rng(seed)))
+    return torch.as_tensor(simulator(theta))
+
+
+def posterior_predictive(
+    samples: Tensor,
+    simulator: Any | Callable[[Tensor], Tensor],
+    x_o: Tensor,
+    emulator: Any | None = None,
+    num_draws: int = 1_000,
+    seed: int = 0,
+) -> PredictiveCheck:
+    """Simulate at posterior draws with the real simulator (and an emulator), compare to x_o.
+
+    Args:
+        samples: Posterior samples, ``(N, D)``; ``num_draws`` of them are used.
+        simulator: The simulator (an object with ``simulate(theta, rng)``) or a batched
+            function ``theta -> x``.
+        x_o: The observation, ``x_shape``.
+        emulator: Optionally a trained ``NLE`` (its ``simulate``) to check the emulator too.
+        num_draws: Posterior draws to simulate at.
+        seed: Seed of the draws and simulations.
+
+    Returns:
+        The draws, per-element percentiles of x_o, and p-values.
+    """
+    from scipy import stats
+
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(samples.shape[0], generator=gen)[:num_draws]
+    theta = samples[pick]
+    x_o = torch.as_tensor(x_o, dtype=torch.float32)
+    simulated = _simulate(simulator, theta, seed).to(torch.float32).reshape(-1, *x_o.shape)
+    emulated = None
+    if emulator is not None:
+        emulated = emulator.simulate(theta, seed=seed).to(torch.float32).reshape(simulated.shape)
+    percentiles = (simulated < x_o).float().mean(dim=0)
+
+    flat = simulated.flatten(start_dim=1).double()  # (n, K)
+    mean = flat.mean(dim=0)
+    cov = torch.cov(flat.T).reshape(flat.shape[1], flat.shape[1])
+    cov = cov + 1e-9 * torch.eye(flat.shape[1], dtype=cov.dtype) * cov.diagonal().mean()
+    precision = torch.linalg.pinv(cov)
+
+    def distance(rows: Tensor) -> Tensor:
+        d = rows.flatten(start_dim=1).double() - mean
+        return torch.einsum("ni,ij,nj->n", d, precision, d)
+
+    p_value = float((distance(simulated) >= distance(x_o[None])[0]).double().mean())
+    emulator_p = None
+    if emulated is not None:
+        emulator_p = float(stats.ks_2samp(distance(simulated), distance(emulated)).pvalue)
+    return PredictiveCheck(x_o, simulated, emulated, percentiles, p_value, emulator_p)

@@ -14,10 +14,10 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from sbiflow.diagnostics import CoverageResult, SBCResult  # noqa: E402
+from sbiflow.diagnostics import CoverageResult, PredictiveCheck, SBCResult  # noqa: E402
 from sbiflow.training import TrainingHistory  # noqa: E402
 
-__all__ = ["corner_plot", "coverage_plot", "loss_plot", "rank_plot"]
+__all__ = ["corner_plot", "coverage_plot", "loss_plot", "predictive_plot", "rank_plot"]
 
 
 def corner_plot(
@@ -165,4 +165,40 @@ def rank_plot(
         axis.hist(ranks[:, d], bins=bins, range=(0, result.num_posterior_samples), color="C0")
         axis.set_xlabel(labels[d] if labels else f"rank of parameter {d + 1}")
         axis.set_yticks([])
+    return _save(figure, path)
+
+
+def predictive_plot(
+    check: PredictiveCheck, max_elements: int = 40, path: str | os.PathLike | None = None
+) -> Figure:
+    """Posterior predictive bands per data element, with the observation on top.
+
+    The simulator's 5-95% (light) and 25-75% (dark) predictive ranges in blue, the
+    emulator's (if checked) in orange beside them, x_o in black.
+
+    Args:
+        check: From ``sbiflow.diagnostics.posterior_predictive``.
+        max_elements: Plot at most this many (flattened) elements of x.
+        path: If given, the figure is saved there.
+
+    Returns:
+        The matplotlib figure.
+    """
+    sets = [("simulator", check.simulated, "C0", -0.15)]
+    if check.emulated is not None:
+        sets.append(("emulator", check.emulated, "C1", 0.15))
+    x_o = check.x_o.flatten().numpy()[:max_elements]
+    index = np.arange(len(x_o))
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.25 * len(x_o) + 2), 3.5))
+    for name, draws, color, offset in sets:
+        q = np.quantile(
+            draws.flatten(start_dim=1).numpy()[:, : len(x_o)], [0.05, 0.25, 0.75, 0.95], 0
+        )
+        axis.vlines(index + offset, q[0], q[3], color=color, alpha=0.35, lw=4)
+        axis.vlines(index + offset, q[1], q[2], color=color, lw=4, label=f"{name} predictive")
+    axis.scatter(index, x_o, color="k", s=12, zorder=3, label="observation")
+    axis.set_xlabel("element of x")
+    axis.set_ylabel("x")
+    axis.set_title(f"predictive p-value {check.p_value:.2f}")
+    axis.legend(fontsize="small")
     return _save(figure, path)

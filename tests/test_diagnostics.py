@@ -78,3 +78,45 @@ def test_tarp_agrees(test_set):
     # 400 tests): 0.008 exact, -0.055 at 0.6x the std, +0.064 at 1.6x (measured).
     assert abs(atc_exact) < 0.025
     assert atc_narrow < -0.04
+
+
+class _NoisyEmulator:
+    """Stands in for a trained NLE: x = θ + noise of a chosen std."""
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def simulate(self, theta, *, seed=None):
+        gen = torch.Generator().manual_seed(seed or 0)
+        return theta + self.std * torch.randn(theta.shape, generator=gen)
+
+
+def test_posterior_predictive_check(test_set):
+    from sbiflow.diagnostics import posterior_predictive
+
+    sim, theta, x = test_set
+    x_o = x[0]
+    samples = sim.posterior(x_o).sample((2_000,))
+    good = posterior_predictive(samples, sim, x_o, emulator=_NoisyEmulator(0.1**0.5))
+    assert good.simulated.shape == (1_000, 2) and good.emulated.shape == (1_000, 2)
+    assert good.p_value > 0.01 and good.emulator_p_value > 0.01
+    assert ((good.percentiles > 0.005) & (good.percentiles < 0.995)).all()
+    # negative controls: an observation the model cannot produce; an emulator too noisy
+    far = posterior_predictive(samples, sim, x_o + 3.0, emulator=_NoisyEmulator(0.6))
+    assert far.p_value < 0.01 and far.emulator_p_value < 0.01
+
+
+def test_calibration_and_predictive_plots_are_written(test_set, tmp_path):
+    from sbiflow.diagnostics import posterior_predictive
+    from sbiflow.plots import coverage_plot, predictive_plot, rank_plot
+
+    sim, theta, x = test_set
+    posterior = ScaledGaussianPosterior(sim, 1.0)
+    coverage = expected_coverage(posterior, theta[:100], x[:100], LEVELS, 100, progress=False)
+    ranks = sbc(posterior, theta[:100], x[:100], 100, progress=False)
+    check = posterior_predictive(posterior.sample(500, x[0]), sim, x[0])
+    coverage_plot(coverage, path=tmp_path / "coverage.png")
+    rank_plot(ranks, labels=sim.labels, path=tmp_path / "ranks.png")
+    predictive_plot(check, path=tmp_path / "predictive.png")
+    for name in ("coverage.png", "ranks.png", "predictive.png"):
+        assert (tmp_path / name).stat().st_size > 5_000
