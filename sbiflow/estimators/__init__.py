@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from torch import nn
@@ -17,7 +18,11 @@ __all__ = [
     "build_estimator",
 ]
 
-ESTIMATORS: tuple[str, ...] = FLOW_KINDS
+# name -> "module:Class"; the class takes (a_shape, b_shape, embedding_net=..., **options).
+# A new family joins with one line here.
+_REGISTRY: dict[str, str] = {}
+
+ESTIMATORS: tuple[str, ...] = (*FLOW_KINDS, *_REGISTRY)
 
 
 def build_estimator(
@@ -38,4 +43,8 @@ def build_estimator(
     """
     if kind in FLOW_KINDS:
         return FlowEstimator(kind, a_shape, b_shape, embedding_net=embedding_net, **options)
+    if kind in _REGISTRY:
+        module, cls = _REGISTRY[kind].split(":")
+        family = getattr(importlib.import_module(module), cls)
+        return family(a_shape, b_shape, embedding_net=embedding_net, **options)
     raise ValueError(f"Unknown estimator {kind!r}; choose one of {list(ESTIMATORS)}.")
