@@ -81,6 +81,7 @@ class DiagnosticsSection:
 
     reference: bool = True  # overlay reference samples on the corner plot
     c2st: bool = False  # also score the posterior with C2ST (slow in high dimension)
+    coverage_tests: int = 0  # > 0: expected coverage and SBC ranks over this many fresh sims
 
 
 @dataclass

@@ -31,6 +31,7 @@ num_samples = 200
 
 [diagnostics]
 c2st = true
+coverage_tests = 100
 
 [output]
 directory = "{out}"
@@ -55,6 +56,8 @@ def test_run_writes_samples_plots_model_and_summary(tmp_path, capsys):
         "model.pt",
         "summary.json",
         "summary.txt",
+        "coverage.png",
+        "ranks.png",
     ):
         assert (out / name).is_file(), name
     samples = np.load(out / "posterior_samples.npz")["samples"]
@@ -63,6 +66,7 @@ def test_run_writes_samples_plots_model_and_summary(tmp_path, capsys):
     assert summary["num_valid_simulations"] == 600
     assert set(summary["posterior"]) == {"theta_1", "theta_2"}
     assert 0.5 <= summary["c2st_vs_reference"] <= 1.0
+    assert set(summary["coverage"]) == {"0.5", "0.68", "0.95"}
     assert "theta_1" in capsys.readouterr().out
     assert (out / "sims.zarr").is_dir()
 
