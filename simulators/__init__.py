@@ -21,6 +21,9 @@ __all__ = ["Simulator", "SimulatorBase", "get", "names"]
 # name -> "module:Class"; modules are imported on first use, so a heavy simulator costs
 # nothing until asked for. A new simulator joins with one line here.
 _REGISTRY: dict[str, str] = {
+    "collider": "simulators.collider:Collider",
+    "dwarf": "simulators.dwarf:Dwarf",
+    "galaxy_field": "simulators.galaxy_field:GalaxyField",
     "gaussian_linear": "simulators.benchmarks:GaussianLinear",
     "gaussian_mixture": "simulators.benchmarks:GaussianMixture",
     "slcp": "simulators.benchmarks:SLCP",
