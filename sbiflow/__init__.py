@@ -6,7 +6,8 @@ and a model choice come out.
 
 __version__ = "0.1.0"
 
-from sbiflow.inference import NPE, NotFittedError, PriorSupportError  # noqa: E402
+from sbiflow import samplers  # noqa: E402
+from sbiflow.inference import NLE, NPE, NotFittedError, PriorSupportError  # noqa: E402
 from sbiflow.priors import BoxUniform  # noqa: E402
 from sbiflow.serialization import ModelFileError, load, save  # noqa: E402
 from sbiflow.simulate import simulate  # noqa: E402
@@ -14,6 +15,7 @@ from sbiflow.store import load_store  # noqa: E402
 from sbiflow.training import TrainingDivergedError  # noqa: E402
 
 __all__ = [
+    "NLE",
     "NPE",
     "BoxUniform",
     "ModelFileError",
@@ -23,6 +25,7 @@ __all__ = [
     "__version__",
     "load",
     "load_store",
+    "samplers",
     "save",
     "simulate",
 ]

@@ -12,6 +12,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from sbiflow.inference.base import NeuralInference
+from sbiflow.inference.nle import NLE
 from sbiflow.inference.npe import NPE
 from sbiflow.priors import prior_from_spec, prior_to_spec
 
@@ -20,7 +21,7 @@ __all__ = ["ModelFileError", "load", "save"]
 FORMAT = "sbiflow"
 #: 2: NSF layers as ``sbiflow.estimators.coupling`` (one context projection for all layers).
 FORMAT_VERSION = 2
-_CLASSES: dict[str, type[NeuralInference]] = {"NPE": NPE}
+_CLASSES: dict[str, type[NeuralInference]] = {"NLE": NLE, "NPE": NPE}
 
 
 class ModelFileError(ValueError):

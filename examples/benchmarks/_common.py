@@ -45,6 +45,12 @@ def machine() -> str:
     )
 
 
+def free_affinity() -> None:
+    """Let a worker process use every core, even when the timed parent was pinned to one."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -17,7 +17,6 @@ Targets (issue 2): sbiflow C2ST ≤ sbi C2ST + 0.01 and sbiflow fit time ≤ 0.5
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +26,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, markdown_table, reference_samples, timed, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    free_affinity,
+    machine,
+    markdown_table,
+    reference_samples,
+    timed,
+    write_json,
+)
 
 import sbiflow  # noqa: E402
 import simulators  # noqa: E402
@@ -45,12 +51,6 @@ def fit_sbi(prior, theta, x, seed):
 
 def fit_sbiflow(prior, theta, x, seed):
     return sbiflow.NPE(prior, estimator="nsf").fit(theta, x, seed=seed, progress=False)
-
-
-def _free_affinity() -> None:
-    """C2ST workers may use every core, even when the timed fits were pinned to one."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
 
 def _score(job: tuple[str, int, int, str, np.ndarray]) -> tuple[str, int, int, str, float]:
@@ -108,7 +108,7 @@ def main() -> None:
 
     # Phase 2, untimed: C2ST of every sample set against sbibm's reference, in parallel.
     scores: dict[tuple[str, int, str], list[float]] = {}
-    with ProcessPoolExecutor(args.c2st_workers, initializer=_free_affinity) as pool:
+    with ProcessPoolExecutor(args.c2st_workers, initializer=free_affinity) as pool:
         for task, budget, obs, tool, score in pool.map(_score, jobs):
             scores.setdefault((task, budget, tool), []).append(score)
             print(f"c2st {task} {budget} obs {obs} {tool}: {score:.4f}", flush=True)

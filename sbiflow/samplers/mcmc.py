@@ -1,0 +1,328 @@
+"""Ensemble MCMC (emcee) on any batched log-likelihood and prior, with automatic run length."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import emcee
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+from tqdm.auto import tqdm
+
+from sbiflow.priors import in_support, prior_dim
+
+__all__ = ["MCMCResult", "default_moves", "mcmc"]
+
+#: The chain is trusted once it is this many autocorrelation times long (see ``mcmc``).
+MIN_AUTOCORR_TIMES = 20
+#: Burn-in, in autocorrelation times.
+BURN_IN_TIMES = 3
+#: Thinning, in autocorrelation times.
+THIN_TIMES = 0.5
+#: Prior draws per walker and round, and rounds at most, to pick the starting walkers from.
+CANDIDATES_PER_WALKER, INIT_ROUNDS = 32, 4
+#: Steps of the first round, and the least number of steps of every later round.
+FIRST_ROUND, MIN_ROUND = 200, 100
+#: Rows of one likelihood call while the starting candidates are scored.
+INIT_BATCH = 8192
+
+
+@dataclass
+class MCMCResult:
+    """Output of :func:`mcmc`.
+
+    Attributes:
+        samples: Posterior samples in random order, shape ``(num_samples, D)``, float32,
+            inside the prior's support.
+        chain: emcee's full chain, burn-in included, shape ``(steps, walkers, D)``.
+        log_prob: Log target (log-likelihood + log prior) of the chain, ``(steps, walkers)``.
+        autocorr_time: emcee's integrated autocorrelation time per parameter, ``(D,)``, steps.
+        burn_in: Steps discarded at the start of every walker.
+        thin: Every ``thin``-th step after burn-in was kept.
+        acceptance_fraction: Mean acceptance fraction of the walkers.
+        converged: Whether the chain met the run-length criterion before ``max_steps``.
+        num_calls: Calls of ``log_likelihood`` (one per half-step, plus the initialization).
+        sampler: The ``emcee.EnsembleSampler``, for further analysis or more steps.
+    """
+
+    samples: Tensor
+    chain: np.ndarray
+    log_prob: np.ndarray
+    autocorr_time: np.ndarray
+    burn_in: int
+    thin: int
+    acceptance_fraction: float
+    converged: bool
+    num_calls: int
+    sampler: emcee.EnsembleSampler
+
+
+def default_moves() -> list[tuple[emcee.moves.Move, float]]:
+    """Moves that :func:`mcmc` gives emcee unless told otherwise: differential evolution.
+
+    90% differential evolution (DE) and 10% stretch moves. Autocorrelation times in steps
+    (3,000 steps, 256 walkers) of emcee's stretch / DE / DE 80% + DE-snooker 20% / this mix:
+    2-D Gaussian 29 / 7.3 / 7.8 / 7.9; 10-D Gaussian of condition number 100: 80 / 29 / 31
+    / 31; two moons: 159 / 41 / 48 / 42; SLCP (5-D, four modes): 158 / 218 / 224 / 209. DE is
+    three to four times faster than emcee's default stretch move except on SLCP; the share
+    of stretch moves keeps its affine-invariant proposal (which helps on SLCP) at ~5% cost
+    elsewhere. emcee's KDE move mixes faster on unimodal targets but stalls on SLCP.
+    """
+    return [(emcee.moves.DEMove(), 0.9), (emcee.moves.StretchMove(), 0.1)]
+
+
+class _LogTarget:
+    """Log-likelihood + log prior on numpy rows; ``-inf`` outside the support.
+
+    The likelihood is called once per call, under ``torch.no_grad()``, on the rows inside
+    the prior's support only. Rows are rounded to float32 first, so the returned samples are
+    exactly the points that were evaluated (and checked against the support).
+    """
+
+    def __init__(self, log_likelihood: Callable[[Tensor], Tensor], prior: Distribution) -> None:
+        self.log_likelihood, self.prior = log_likelihood, prior
+        self.dim = prior_dim(prior)
+        self.dtype = torch.float32
+        self.num_calls = 0
+
+    def log_prior(self, theta: Tensor) -> Tensor:
+        """Prior log-density of rows ``(B, D)`` inside the support, ``(B,)``."""
+        return self.prior.log_prob(theta if self.prior.event_shape else theta[:, 0])
+
+    def split(self, theta: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Log-likelihood and log prior of rows ``(B, D)``, each ``(B,)`` float64, -inf outside."""
+        log_l = np.full(len(theta), -np.inf)
+        log_p = np.full(len(theta), -np.inf)
+        with torch.no_grad():
+            inside = in_support(self.prior, theta)
+            if bool(inside.any()):
+                rows = theta[inside]
+                ll = torch.as_tensor(self.log_likelihood(rows))
+                if ll.shape != (len(rows),):
+                    raise ValueError(
+                        f"log_likelihood must return shape ({len(rows)},) for {len(rows)} "
+                        f"parameter rows, got {tuple(ll.shape)}."
+                    )
+                self.num_calls += 1
+                mask = inside.numpy()
+                log_l[mask] = ll.detach().to(torch.float64).cpu().numpy()
+                log_p[mask] = self.log_prior(rows).to(torch.float64).numpy()
+        log_l[np.isnan(log_l)] = -np.inf  # a NaN likelihood is never accepted
+        return log_l, log_p
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        theta = torch.from_numpy(np.asarray(coords, dtype=np.float32)).to(self.dtype)
+        log_l, log_p = self.split(theta)
+        return log_l + log_p
+
+
+def _initial_walkers(
+    target: _LogTarget, num_walkers: int, seed: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Starting walkers ``(W, D)`` and their log target ``(W,)``: prior draws resampled.
+
+    Prior draws are scored in rounds of ``CANDIDATES_PER_WALKER * W`` (at most
+    ``INIT_ROUNDS`` rounds, fewer once the likelihood weights have an effective size of
+    ``W``), and ``W`` of them are drawn without replacement with probability proportional
+    to the likelihood (sampling-importance-resampling, by the Gumbel top-k trick). The
+    walkers start near the posterior, spread over its modes in proportion to their mass
+    (with an effective size below ``W`` the draw leans to the highest peaks), and not
+    collapsed on one point.
+    """
+    num = CANDIDATES_PER_WALKER * num_walkers
+    thetas, log_ls, log_ps = [], [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(INIT_ROUNDS):
+            theta = target.prior.sample((num,)).reshape(num, target.dim)
+            target.dtype = theta.dtype
+            theta = theta.to(torch.float32).to(theta.dtype)  # the float32 points the chain uses
+            for chunk in theta.split(INIT_BATCH):
+                log_l, log_p = target.split(chunk)
+                log_ls.append(log_l)
+                log_ps.append(log_p)
+            thetas.append(theta)
+            log_l = np.concatenate(log_ls)
+            finite = log_l[np.isfinite(log_l)]
+            weights = np.exp(finite - finite.max()) if len(finite) else finite
+            if weights.sum() ** 2 >= num_walkers * (weights**2).sum() > 0:  # Kish's size
+                break
+    finite = int(np.isfinite(log_l).sum())
+    if finite < num_walkers:
+        raise ValueError(
+            f"Only {finite} of {len(log_l)} prior draws have a finite likelihood, fewer than "
+            f"the {num_walkers} walkers: pass starting points with init=, or check the likelihood."
+        )
+    pick = np.argsort(log_l + rng.gumbel(size=len(log_l)))[-num_walkers:]
+    log_prob = log_l[pick] + np.concatenate(log_ps)[pick]
+    return torch.cat(thetas)[pick].to(torch.float64).numpy(), log_prob
+
+
+def _run_length(tau: float, steps: int, walkers: int, num_samples: int) -> tuple[int, int, int]:
+    """Burn-in, thinning and the total steps needed, from the autocorrelation time ``tau``."""
+    burn_in = min(math.ceil(BURN_IN_TIMES * tau), steps // 2)
+    thin = max(1, int(THIN_TIMES * tau))
+    needed = max(
+        math.ceil(MIN_AUTOCORR_TIMES * tau),
+        math.ceil(BURN_IN_TIMES * tau) + thin * math.ceil(num_samples / walkers),
+    )
+    return burn_in, thin, needed
+
+
+def _autocorr_time(sampler: emcee.EnsembleSampler) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):  # a parameter that never moved: NaN
+        tau = sampler.get_autocorr_time(tol=0)
+    return np.where(np.isfinite(tau), tau, np.inf)
+
+
+def mcmc(
+    log_likelihood: Callable[[Tensor], Tensor],
+    prior: Distribution,
+    num_samples: int = 10_000,
+    *,
+    num_walkers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    init: Tensor | np.ndarray | None = None,
+    max_steps: int = 20_000,
+    moves: list | emcee.moves.Move | None = None,
+) -> MCMCResult:
+    r"""Sample :math:`p(\theta \mid x) \propto L(\theta)\, p(\theta)` with emcee's ensemble.
+
+    Each step-half evaluates ``log_likelihood`` once, batched over half the walkers, so the
+    cost is about two likelihood calls per step. The run length comes from emcee's
+    integrated autocorrelation time :math:`\hat\tau` (``get_autocorr_time``, largest over
+    parameters), re-estimated after every round of steps. The run stops once
+
+    * the chain is ``MIN_AUTOCORR_TIMES = 20`` :math:`\hat\tau` long, and
+    * after a burn-in of ``3 τ̂`` and thinning by ``τ̂ / 2`` at least ``num_samples``
+      samples remain (the returned ones are drawn from them without replacement).
+
+    emcee's guidance, 50 τ, is what a reliable estimate of τ takes from a few dozen walkers.
+    Here hundreds of walkers average the estimate, and the samples pool all walkers, so a
+    shorter chain suffices. Measured against exact posteriors (C2ST, 10,000 samples, 2 to 3
+    seeds), 20 τ̂ is as accurate as 50 τ̂ at 2.5 to 3.5 times fewer likelihood calls: two
+    moons 0.501-0.507 (512 walkers) vs 0.506-0.519 (256 walkers, 50 τ̂); Gaussian linear
+    (10-D) 0.503-0.509 vs 0.501-0.505. On a short chain emcee's estimate is biased low
+    (τ̂ ≈ 0.7 τ at 20 τ, measured), so the burn-in is still at least 2 τ, ample for walkers
+    that start near the posterior (below), and the thinning is about τ / 3: the kept
+    samples are mildly correlated, which costs effective sample size, not correctness.
+    If ``max_steps`` comes first, a ``RuntimeWarning`` says what to raise.
+
+    By default the walkers start at prior draws resampled in proportion to the likelihood
+    (sampling-importance-resampling), which spreads them over the posterior's modes in
+    proportion to their mass; the moves are differential evolution with 10% stretch moves
+    (see :func:`default_moves`). Walkers rarely cross between well-separated modes, so the
+    weight of each mode keeps the binomial error of the start, about ``1 / (2 √W)``.
+
+    Args:
+        log_likelihood: Batched log-likelihood, ``(B, D) -> (B,)``, called only on rows inside
+            the prior's support, in the prior's dtype; may return ``-inf``.
+        prior: Prior with event shape ``(D,)`` and ``sample`` / ``log_prob``.
+        num_samples: Number of samples to return.
+        num_walkers: emcee walkers; default ``max(512, 4 D)`` (made even). A step costs two
+            batched calls whatever the walker count, as long as one network call dominates
+            it; 512 walkers fill 10,000 thinned samples within 20 τ̂ (fewer walkers need
+            more steps) and hold each mode's weight to ~2%.
+        seed: Seeds the starting points, emcee's random state and the final subsampling.
+        progress: Show a progress bar over the steps.
+        init: Starting walkers ``(W, D)`` inside the support, instead of the default.
+        max_steps: Largest number of steps.
+        moves: emcee moves (as for ``emcee.EnsembleSampler``); default :func:`default_moves`.
+
+    Returns:
+        An :class:`MCMCResult`; ``result.samples`` has shape ``(num_samples, D)``.
+
+    Example:
+        >>> from sbiflow.priors import BoxUniform
+        >>> prior = BoxUniform(-5 * torch.ones(2), 5 * torch.ones(2))
+        >>> result = mcmc(lambda t: -0.5 * (t**2).sum(-1), prior, 1000, progress=False)
+        >>> result.samples.shape
+        torch.Size([1000, 2])
+
+    References:
+        emcee: The MCMC Hammer (Foreman-Mackey et al., 2013), arXiv:1202.3665.
+        A Markov chain Monte Carlo version of the genetic algorithm Differential Evolution
+        (ter Braak, 2006), Statistics and Computing 16, 239-249.
+    """
+    target = _LogTarget(log_likelihood, prior)
+    dim = target.dim
+    rng = np.random.default_rng(seed)
+    if init is None:
+        walkers = num_walkers or max(512, 4 * dim)
+        walkers += walkers % 2
+        start, log_prob = _initial_walkers(target, walkers, seed, rng)
+    else:
+        start = torch.as_tensor(init).detach().to(torch.float32).to(torch.float64).numpy()
+        if start.ndim != 2 or start.shape[1] != dim:
+            raise ValueError(f"init must have shape (W, {dim}), got {tuple(start.shape)}.")
+        with torch.random.fork_rng(devices=[]):
+            target.dtype = prior.sample((1,)).dtype
+        walkers = len(start)
+        log_prob = target(start)
+        if not np.isfinite(log_prob).all():
+            raise ValueError("Every starting walker in init needs a finite log-likelihood.")
+
+    sampler = emcee.EnsembleSampler(
+        walkers, dim, target, vectorize=True, moves=default_moves() if moves is None else moves
+    )
+    random_state = np.random.RandomState(seed).get_state()
+    state = emcee.State(start, log_prob=log_prob, random_state=random_state)
+    goal = min(FIRST_ROUND, max_steps)
+    tau = np.full(dim, np.inf)
+    with tqdm(total=goal, desc="emcee", unit="step", disable=not progress) as bar:
+        while True:
+            for _ in sampler.sample(state, iterations=goal - sampler.iteration):
+                bar.update(1)
+            state = sampler.get_last_sample()
+            steps = sampler.iteration
+            tau = _autocorr_time(sampler)
+            tau_max = float(tau.max())
+            if not math.isfinite(tau_max):
+                burn_in, thin, needed = steps // 2, 1, max_steps + 1
+            else:
+                burn_in, thin, needed = _run_length(max(tau_max, 1.0), steps, walkers, num_samples)
+            bar.set_postfix(
+                tau=f"{tau_max:.1f}", accept=f"{sampler.acceptance_fraction.mean():.2f}"
+            )
+            if steps >= needed or steps >= max_steps:
+                break
+            goal = min(max_steps, max(needed, steps + MIN_ROUND))
+            bar.total = goal
+            bar.refresh()
+
+    converged = steps >= needed
+    kept = walkers * ((steps - burn_in) // thin)
+    if kept < num_samples:  # only when max_steps cut the run short
+        thin = max(1, (steps - burn_in) * walkers // num_samples)
+        kept = walkers * ((steps - burn_in) // thin)
+    if not converged:
+        warnings.warn(
+            f"emcee stopped at max_steps={max_steps} with an autocorrelation time of "
+            f"{tau_max:.0f} steps: the chain is {steps / tau_max:.1f} autocorrelation times "
+            f"long, short of the {MIN_AUTOCORR_TIMES} needed to trust it and to fill "
+            f"{num_samples} thinned samples. Raise max_steps (to ~{needed} or more), use more "
+            f"walkers (num_walkers=) for a multimodal posterior, or start the walkers near "
+            f"the posterior (init=).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    pool = sampler.get_chain(discard=burn_in, thin=thin, flat=True)  # (kept, D)
+    pick = rng.choice(len(pool), size=num_samples, replace=kept < num_samples)
+    return MCMCResult(
+        samples=torch.as_tensor(pool[pick], dtype=torch.float32),
+        chain=sampler.get_chain(),
+        log_prob=sampler.get_log_prob(),
+        autocorr_time=tau,
+        burn_in=burn_in,
+        thin=thin,
+        acceptance_fraction=float(np.mean(sampler.acceptance_fraction)),
+        converged=converged,
+        num_calls=target.num_calls,
+        sampler=sampler,
+    )
