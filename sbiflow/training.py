@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["TrainingConfig", "TrainingDivergedError", "TrainingHistory", "train"]
+__all__ = ["TrainingConfig", "TrainingDivergedError", "TrainingHistory", "threads_for", "train"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -115,6 +115,17 @@ def _threads(model: nn.Module, num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def threads_for(
+    model: nn.Module, num_threads: int | None = None
+) -> contextlib.AbstractContextManager:
+    """Run torch on one thread for a small ``model`` (see ``TrainingConfig.num_threads``).
+
+    Sampling and likelihood calls of small networks slow down many-fold with two threads
+    when the cores are shared; use ``with threads_for(estimator): ...`` around them.
+    """
+    return _threads(model, num_threads)
 
 
 def _adam(model: nn.Module, learning_rate: float) -> torch.optim.Adam:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from sbiflow.inference.base import NeuralInference
 from sbiflow.priors import validate_theta
 from sbiflow.samplers import MCMCResult, NestedResult, mcmc, nested
+from sbiflow.training import threads_for
 
 __all__ = ["NLE"]
 
@@ -145,5 +146,8 @@ class _EmulatorLikelihood:
 
     @torch.no_grad()
     def __call__(self, theta: Tensor) -> Tensor:
-        logq = self.nle._log_likelihood(torch.as_tensor(theta, dtype=torch.float32), self.trials)
+        with threads_for(self.nle._trained()):
+            logq = self.nle._log_likelihood(
+                torch.as_tensor(theta, dtype=torch.float32), self.trials
+            )
         return torch.where(torch.isnan(logq), torch.full_like(logq, -math.inf), logq)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from sbiflow.embeddings import default_embedding
 from sbiflow.inference.base import NeuralInference
 from sbiflow.priors import in_support, validate_theta
+from sbiflow.training import threads_for
 
 __all__ = ["NPE", "PriorSupportError"]
 
@@ -73,7 +74,8 @@ class NPE(NeuralInference):
         with torch.random.fork_rng(enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            samples, rate = self._rejection_sample(estimator, n, x_o)
+            with threads_for(estimator):
+                samples, rate = self._rejection_sample(estimator, n, x_o)
         if rate < LOW_ACCEPTANCE:
             warnings.warn(
                 f"Only {rate:.2%} of posterior samples fell inside the prior's support: the "
