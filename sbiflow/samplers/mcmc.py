@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from sbiflow.priors import in_support, prior_dim
+from sbiflow.priors import prior_dim
+from sbiflow.samplers.support import log_likelihood_in_support
 
 __all__ = ["MCMCResult", "default_moves", "mcmc"]
 
@@ -148,23 +149,12 @@ class _LogTarget:
 
     def split(self, theta: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Log-likelihood and log prior of rows ``(B, D)``, each ``(B,)`` float64, -inf outside."""
-        log_l = np.full(len(theta), -np.inf)
+        log_l, inside = log_likelihood_in_support(self.log_likelihood, self.prior, theta)
+        self.num_calls += int(bool(inside.any()))
         log_p = np.full(len(theta), -np.inf)
-        with torch.no_grad():
-            inside = in_support(self.prior, theta)
-            if bool(inside.any()):
-                rows = theta[inside]
-                ll = torch.as_tensor(self.log_likelihood(rows))
-                if ll.shape != (len(rows),):
-                    raise ValueError(
-                        f"log_likelihood must return shape ({len(rows)},) for {len(rows)} "
-                        f"parameter rows, got {tuple(ll.shape)}."
-                    )
-                self.num_calls += 1
-                mask = inside.numpy()
-                log_l[mask] = ll.detach().to(torch.float64).cpu().numpy()
-                log_p[mask] = self.log_prior(rows).to(torch.float64).numpy()
-        log_l[np.isnan(log_l)] = -np.inf  # a NaN likelihood is never accepted
+        if bool(inside.any()):
+            with torch.no_grad():
+                log_p[inside.numpy()] = self.log_prior(theta[inside]).to(torch.float64).numpy()
         return log_l, log_p
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:

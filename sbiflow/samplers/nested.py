@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from sbiflow.priors import in_support, prior_dim
+from sbiflow.priors import prior_dim
 from sbiflow.samplers.prior_transform import prior_transform as default_prior_transform
+from sbiflow.samplers.support import log_likelihood_in_support
 
 __all__ = ["NestedResult", "nested"]
 
@@ -61,21 +62,9 @@ class _Likelihood:
 
     def batch(self, v: np.ndarray) -> np.ndarray:
         theta = torch.as_tensor(np.asarray(v, dtype=np.float32)).to(self.dtype)  # (B, D)
-        out = np.full(len(theta), -np.inf)
-        with torch.no_grad():
-            inside = in_support(self.prior, theta)
-            if bool(inside.any()):
-                rows = theta[inside]
-                ll = torch.as_tensor(self.log_likelihood(rows))
-                if ll.shape != (len(rows),):
-                    raise ValueError(
-                        f"log_likelihood must return shape ({len(rows)},) for {len(rows)} "
-                        f"parameter rows, got {tuple(ll.shape)}."
-                    )
-                self.num_calls += 1
-                out[inside.numpy()] = ll.detach().to(torch.float64).cpu().numpy()
-        out[np.isnan(out)] = -np.inf
-        return out
+        log_l, inside = log_likelihood_in_support(self.log_likelihood, self.prior, theta)
+        self.num_calls += int(bool(inside.any()))
+        return log_l
 
     def __call__(self, v: np.ndarray) -> float:
         if self.pool is not None and self.pool.owns_current_thread():
