@@ -9,13 +9,20 @@ from torch.autograd.functional import jacobian
 from sbiflow.estimators import FlowEstimator
 from sbiflow.estimators.flows import FLOW_KINDS
 
-FLOWS = [(kind, dim) for kind in FLOW_KINDS for dim in (1, 3)]
+#: Every flow, and every flow behind the context-dependent affine layer (NLE's default).
+VARIANTS = (*FLOW_KINDS, *(f"{kind}+affine" for kind in FLOW_KINDS))
+FLOWS = [(kind, dim) for kind in VARIANTS for dim in (1, 3)]
 CONTEXT_DIM = 4
+
+
+def build(variant: str, dim: int, **options) -> FlowEstimator:
+    kind, _, affine = variant.partition("+")
+    return FlowEstimator(kind, (dim,), (CONTEXT_DIM,), conditional_affine=bool(affine), **options)
 
 
 def make_flow(kind: str, dim: int, seed: int = 0) -> FlowEstimator:
     torch.manual_seed(seed)
-    flow = FlowEstimator(kind, (dim,), (CONTEXT_DIM,), hidden_features=16, num_transforms=3)
+    flow = build(kind, dim, hidden_features=16, num_transforms=3)
     # Leave the near-identity initialization, so the checks see a non-trivial map, and give
     # the standardization non-trivial values.
     with torch.no_grad():
@@ -96,7 +103,7 @@ def test_state_dict_round_trip(kind, dim):
     assert torch.equal(flow.log_prob(a, b), clone.eval().log_prob(a, b))
 
 
-@pytest.mark.parametrize("kind", FLOW_KINDS)
+@pytest.mark.parametrize("kind", VARIANTS)
 def test_density_integrates_to_one_in_1d(kind):
     flow = make_flow(kind, 1)
     context = torch.randn(CONTEXT_DIM)
@@ -107,10 +114,10 @@ def test_density_integrates_to_one_in_1d(kind):
     assert math.isclose(float(integral), 1.0, abs_tol=0.01)
 
 
-@pytest.mark.parametrize("kind", FLOW_KINDS)
+@pytest.mark.parametrize("kind", VARIANTS)
 def test_density_integrates_to_one_in_2d(kind):
     torch.manual_seed(1)
-    flow = FlowEstimator(kind, (2,), (CONTEXT_DIM,), hidden_features=16, num_transforms=2)
+    flow = build(kind, 2, hidden_features=16, num_transforms=2)
     flow.standardize_from(torch.randn(100, 2), torch.randn(100, CONTEXT_DIM))
     axis = torch.linspace(-12, 12, 601)
     grid = torch.cartesian_prod(axis, axis)
@@ -125,3 +132,16 @@ def test_unknown_flow_and_bad_shapes_raise():
         FlowEstimator("glow", (2,), (3,))
     with pytest.raises(ValueError, match="a_shape must be"):
         FlowEstimator("nsf", (2, 2), (3,))
+
+
+def test_affine_layer_starts_as_the_identity():
+    torch.manual_seed(0)
+    plain = FlowEstimator("maf", (3,), (CONTEXT_DIM,), hidden_features=16)
+    torch.manual_seed(0)
+    affine = FlowEstimator("maf", (3,), (CONTEXT_DIM,), hidden_features=16, conditional_affine=True)
+    affine.flow._transform._transforms[1:].load_state_dict(
+        plain.flow._transform._transforms.state_dict()
+    )
+    a, b = torch.randn(9, 3), torch.randn(9, CONTEXT_DIM)
+    with torch.no_grad():
+        assert torch.allclose(affine.log_prob(a, b), plain.log_prob(a, b), atol=1e-6)

@@ -101,6 +101,23 @@ def test_save_load_round_trip(trained, trials, tmp_path):
     assert torch.allclose(loaded.log_likelihood(theta, trials), nle.log_likelihood(theta, trials))
 
 
+def test_file_from_before_the_affine_layer_loads_without_it(trained, trials, tmp_path):
+    sim, _ = trained
+    theta, x = sbiflow.simulate(sim, 500, seed=5, progress=False)
+    plain = sbiflow.NLE(sim.prior, conditional_affine=False).fit(
+        theta, x, max_epochs=2, progress=False
+    )
+    sbiflow.save(plain, tmp_path / "plain.pt")
+    payload = torch.load(tmp_path / "plain.pt", weights_only=True)
+    for options in (payload["model"]["estimator_options"], payload["model"]["estimator_config"]):
+        del options["conditional_affine"]  # as written before the option existed
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = sbiflow.load(tmp_path / "old.pt")
+    assert loaded.estimator.options["conditional_affine"] is False
+    probe = torch.randn(5, DIM) * 0.3
+    assert torch.equal(loaded.log_likelihood(probe, trials), plain.log_likelihood(probe, trials))
+
+
 def test_bad_input_is_refused(trained, box_prior):
     _, nle = trained
     with pytest.raises(ValueError, match="shaped like one simulation"):

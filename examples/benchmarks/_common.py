@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,38 @@ def write_json(path: str | None, payload: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def _c2st_job(job: tuple[tuple, str, int, np.ndarray]) -> tuple[tuple, int, float]:
+    from sbiflow.diagnostics import c2st
+
+    key, task, obs, samples = job
+    reference = reference_samples(task, obs, samples.shape[0])
+    return key, obs, c2st(reference, torch.from_numpy(samples))
+
+
+def c2st_scores(
+    jobs: list[tuple[tuple, str, int, np.ndarray]], workers: int
+) -> dict[tuple, list[float]]:
+    """C2ST of sample sets against sbibm's reference samples, in worker processes, untimed.
+
+    Args:
+        jobs: ``(key, task, observation, samples (n, D))``; scores are grouped by ``key``.
+        workers: Processes (each free to use every core, even if the caller is pinned).
+
+    Returns:
+        ``key -> [score per job, in job order]``; each score is printed as it arrives.
+    """
+    scores: dict[tuple, list[float]] = {}
+    with ProcessPoolExecutor(workers, initializer=free_affinity) as pool:
+        for key, obs, score in pool.map(_c2st_job, jobs):
+            scores.setdefault(key, []).append(score)
+            print(f"c2st {' '.join(map(str, key))} obs {obs}: {score:.4f}", flush=True)
+    return scores
+
+
+def report(header: list[str], rows: list[list[str]], out: str | None, args, runs: list) -> None:
+    """Print the markdown table and write the JSON results (if ``out``)."""
+    print()
+    print(markdown_table(header, rows))
+    write_json(out, {"machine": machine(), "args": vars(args), "results": runs})

@@ -1,7 +1,8 @@
 """NLE, sbiflow (emcee) against sbi (its default MCMC), trained on the same simulations.
 
 For each task: both tools fit a neural likelihood on the same 10⁴ (θ, x) with their
-defaults (sbi: MAF, sbiflow: NSF), then draw 10,000 posterior samples at sbibm observations
+defaults (sbi: MAF; sbiflow: MAF after a θ-dependent
+elementwise affine layer), then draw 10,000 posterior samples at sbibm observations
 1..K, sbi with its default MCMC (vectorized slice sampling), sbiflow with emcee. Sampling
 wall times are measured in this process, one after the other; C2ST against sbibm's
 reference samples is computed afterwards. Pin the run and give both tools one thread:
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
-    free_affinity,
+    c2st_scores,
     machine,
-    markdown_table,
-    reference_samples,
+    report,
     timed,
-    write_json,
 )
 
 import sbiflow  # noqa: E402
 import simulators  # noqa: E402
-from sbiflow.diagnostics import c2st  # noqa: E402
 
 
 def fit_sbi(prior, theta, x, seed):
@@ -48,13 +45,7 @@ def fit_sbi(prior, theta, x, seed):
 
 
 def fit_sbiflow(prior, theta, x, seed):
-    return sbiflow.NLE(prior, estimator="nsf").fit(theta, x, seed=seed, progress=False)
-
-
-def _score(job: tuple[str, int, str, np.ndarray]) -> tuple[str, int, str, float]:
-    task, obs, tool, samples = job
-    reference = reference_samples(task, obs, samples.shape[0])
-    return task, obs, tool, c2st(reference, torch.from_numpy(samples))
+    return sbiflow.NLE(prior).fit(theta, x, seed=seed, progress=False)
 
 
 def main() -> None:
@@ -91,8 +82,8 @@ def main() -> None:
                 ours.sample, args.num_samples, x=x_o, seed=obs, progress=False
             )
             sample_time["sbiflow"].append(seconds)
-            jobs.append((task, obs, "sbi", sbi_samples.numpy()))
-            jobs.append((task, obs, "sbiflow", our_samples.numpy()))
+            jobs.append(((task, "sbi"), task, obs, sbi_samples.numpy()))
+            jobs.append(((task, "sbiflow"), task, obs, our_samples.numpy()))
             print(
                 f"{task} obs {obs}: sampling sbi {sample_time['sbi'][-1]:.1f} s, "
                 f"sbiflow {sample_time['sbiflow'][-1]:.1f} s",
@@ -107,11 +98,7 @@ def main() -> None:
         runs.append(run)
         print(run, flush=True)
 
-    scores: dict[tuple[str, str], list[float]] = {}
-    with ProcessPoolExecutor(args.c2st_workers, initializer=free_affinity) as pool:
-        for task, obs, tool, score in pool.map(_score, jobs):
-            scores.setdefault((task, tool), []).append(score)
-            print(f"c2st {task} obs {obs} {tool}: {score:.4f}", flush=True)
+    scores = c2st_scores(jobs, args.c2st_workers)
 
     rows = []
     for run in runs:
@@ -144,9 +131,7 @@ def main() -> None:
         "fit s sbi / sbiflow",
         "targets met",
     ]
-    print()
-    print(markdown_table(header, rows))
-    write_json(args.out, {"machine": machine(), "args": vars(args), "results": runs})
+    report(header, rows, args.out, args, runs)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
-    free_affinity,
+    c2st_scores,
     machine,
-    markdown_table,
-    reference_samples,
+    report,
     timed,
-    write_json,
 )
 
 import sbiflow  # noqa: E402
 import simulators  # noqa: E402
-from sbiflow.diagnostics import c2st  # noqa: E402
 
 
 def fit_sbi(prior, theta, x, seed):
@@ -51,12 +47,6 @@ def fit_sbi(prior, theta, x, seed):
 
 def fit_sbiflow(prior, theta, x, seed):
     return sbiflow.NPE(prior, estimator="nsf").fit(theta, x, seed=seed, progress=False)
-
-
-def _score(job: tuple[str, int, int, str, np.ndarray]) -> tuple[str, int, int, str, float]:
-    task, budget, obs, tool, samples = job
-    reference = reference_samples(task, obs, samples.shape[0])
-    return task, budget, obs, tool, c2st(reference, torch.from_numpy(samples))
 
 
 def main() -> None:
@@ -94,8 +84,8 @@ def main() -> None:
                 sample_time["sbi"] += seconds
                 our_samples, seconds = timed(ours.sample, args.num_samples, x=x_o, seed=obs)
                 sample_time["sbiflow"] += seconds
-                jobs.append((task, budget, obs, "sbi", sbi_samples.numpy()))
-                jobs.append((task, budget, obs, "sbiflow", our_samples.numpy()))
+                jobs.append(((task, budget, "sbi"), task, obs, sbi_samples.numpy()))
+                jobs.append(((task, budget, "sbiflow"), task, obs, our_samples.numpy()))
             run = {
                 "task": task,
                 "num_simulations": budget,
@@ -107,11 +97,7 @@ def main() -> None:
             print(run, flush=True)
 
     # Phase 2, untimed: C2ST of every sample set against sbibm's reference, in parallel.
-    scores: dict[tuple[str, int, str], list[float]] = {}
-    with ProcessPoolExecutor(args.c2st_workers, initializer=free_affinity) as pool:
-        for task, budget, obs, tool, score in pool.map(_score, jobs):
-            scores.setdefault((task, budget, tool), []).append(score)
-            print(f"c2st {task} {budget} obs {obs} {tool}: {score:.4f}", flush=True)
+    scores = c2st_scores(jobs, args.c2st_workers)
 
     rows = []
     for run in runs:
@@ -142,9 +128,7 @@ def main() -> None:
         "time ratio",
         "targets met",
     ]
-    print()
-    print(markdown_table(header, rows))
-    write_json(args.out, {"machine": machine(), "args": vars(args), "results": runs})
+    report(header, rows, args.out, args, runs)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
+from sbiflow.estimators import FLOW_KINDS
 from sbiflow.inference.base import NeuralInference
 from sbiflow.priors import validate_theta
 from sbiflow.samplers import MCMCResult, NestedResult, mcmc, nested
@@ -37,10 +39,37 @@ class NLE(NeuralInference):
         >>> nle.log_likelihood(prior.sample((7,)), torch.zeros(2)).shape
         torch.Size([7])
 
+    Defaults: a MAF (as sbi's NLE) whose flow layers follow a context-dependent elementwise
+    shift and scale (``conditional_affine=True``), so a likelihood whose location and width
+    move with θ is exact from the first layer and the autoregressive layers model only the
+    shape around it. On 10⁴ simulations this lowers the held-out KL to the true likelihood
+    of gaussian_linear (10-d) from 0.34 (NSF) to 0.11 nats and the two-moons test NLL from
+    -4.10 (NSF) to -4.21 (docs/benchmarks.md). Pass ``conditional_affine=False`` for the
+    plain flow.
+
+    Args:
+        prior: Any ``torch.distributions.Distribution`` over θ with event shape ``(D,)``.
+        estimator: Estimator family, one of ``sbiflow.estimators.ESTIMATORS``.
+        embedding_net: Network for θ (default: none).
+        device: Torch device for training and sampling.
+        **estimator_options: Passed to the estimator (e.g. ``hidden_features=64``).
+
     References:
         Sequential neural likelihood (Papamakarios, Sterratt & Murray, 2019),
         arXiv:1805.07226.
     """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        estimator: str = "maf",
+        embedding_net: nn.Module | str | None = "auto",
+        device: str = "cpu",
+        **estimator_options: Any,
+    ) -> None:
+        if estimator in FLOW_KINDS:
+            estimator_options.setdefault("conditional_affine", True)
+        super().__init__(prior, estimator, embedding_net, device, **estimator_options)
 
     def _roles(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return x.flatten(start_dim=1), theta
