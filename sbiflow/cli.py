@@ -1,4 +1,4 @@
-"""``sbiflow run CONFIG.toml``: simulate → train → sample → plots and a summary."""
+"""``sbiflow run CONFIG.toml``: simulate → train (NPE or NLE) → sample → plots and a summary."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def _observation(config: RunConfig, simulator: Any) -> torch.Tensor:
 def run(config: RunConfig) -> dict[str, Any]:
     """Run a whole configuration and write its outputs.
 
+    NPE samples its posterior directly; NLE samples with emcee (``sampling.sampler =
+    "mcmc"``) or dynesty (``"nested"``), and with dynesty reports the evidence log Z.
     Outputs in ``config.output.directory``: ``posterior_samples.npz``, ``corner.png`` (over
     the simulator's reference posterior, in grey, where it has one), ``loss.png``,
     ``model.pt``, ``summary.json`` and ``summary.txt``; with ``diagnostics.coverage_tests``,
@@ -85,22 +87,9 @@ def run(config: RunConfig) -> dict[str, Any]:
     )
     simulated = time.perf_counter()
 
-    training = config.training
-    npe = sbiflow.NPE(simulator.prior, estimator=config.estimator.kind, **config.estimator.options)
-    npe.fit(
-        theta,
-        x,
-        batch_size=training.batch_size or None,
-        learning_rate=training.learning_rate,
-        validation_fraction=training.validation_fraction,
-        stop_after_epochs=training.stop_after_epochs,
-        max_epochs=training.max_epochs,
-        clip_max_norm=training.clip_max_norm,
-        seed=training.seed,
-        progress=progress,
-    )  # the other TrainingConfig options keep their defaults
+    model = _fit(config, simulator, theta, x, progress)
     trained = time.perf_counter()
-    samples = npe.sample(config.sampling.num_samples, x=x_o, seed=config.sampling.seed)
+    samples, sampler_summary = _sample(config, model, x_o, progress)
     sampled = time.perf_counter()
 
     names = list(getattr(simulator, "names", [f"theta_{i + 1}" for i in range(samples.shape[1])]))
@@ -117,7 +106,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         observation=x_o.numpy(),
         names=np.array(names),
     )
-    sbiflow.save(npe, os.path.join(out, "model.pt"))
+    sbiflow.save(model, os.path.join(out, "model.pt"))
     corner_plot(
         samples,
         labels=labels,
@@ -125,16 +114,17 @@ def run(config: RunConfig) -> dict[str, Any]:
         reference=reference,
         path=os.path.join(out, "corner.png"),
     )
-    loss_plot(npe.history, path=os.path.join(out, "loss.png"))
+    loss_plot(model.history, path=os.path.join(out, "loss.png"))
 
     summary = {
         "simulator": config.simulator.name or config.simulator.factory,
         "num_simulations": config.simulation.num_simulations,
         "num_valid_simulations": int(theta.shape[0]),
-        "estimator": config.estimator.kind,
-        "epochs": len(npe.history.train_loss),
-        "best_epoch": npe.history.best_epoch,
-        "best_validation_loss": min(npe.history.val_loss),
+        "method": config.inference.method,
+        "estimator": model.estimator_kind,
+        "epochs": len(model.history.train_loss),
+        "best_epoch": model.history.best_epoch,
+        "best_validation_loss": min(model.history.val_loss),
         "seconds": {
             "simulate": round(simulated - started, 2),
             "train": round(trained - simulated, 2),
@@ -150,18 +140,77 @@ def run(config: RunConfig) -> dict[str, Any]:
             }
             for i, name in enumerate(names)
         },
+        **sampler_summary,
     }
+    if "evidence" in summary and hasattr(simulator, "log_evidence"):
+        summary["evidence"]["log_z_exact"] = float(simulator.log_evidence(x_o))
     if reference is not None and config.diagnostics.c2st:
         from sbiflow.diagnostics import c2st
 
         summary["c2st_vs_reference"] = c2st(reference, samples)
     if config.diagnostics.coverage_tests > 0:
-        summary["coverage"] = _calibration(config, simulator, npe, labels, out, progress)
+        summary["coverage"] = _calibration(config, simulator, model, labels, out, progress)
     with open(os.path.join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     with open(os.path.join(out, "summary.txt"), "w") as handle:
         handle.write(_summary_text(summary))
     return summary
+
+
+def _fit(config: RunConfig, simulator: Any, theta: torch.Tensor, x: torch.Tensor, progress: bool):
+    """Train the configured posterior (NPE) or likelihood emulator (NLE) on ``(θ, x)``."""
+    import sbiflow
+
+    method = sbiflow.NLE if config.inference.method == "nle" else sbiflow.NPE
+    kind = config.estimator.kind or ("maf" if config.inference.method == "nle" else "nsf")
+    model = method(simulator.prior, estimator=kind, **config.estimator.options)
+    training = config.training
+    return model.fit(
+        theta,
+        x,
+        batch_size=training.batch_size or None,
+        learning_rate=training.learning_rate,
+        validation_fraction=training.validation_fraction,
+        stop_after_epochs=training.stop_after_epochs,
+        max_epochs=training.max_epochs,
+        clip_max_norm=training.clip_max_norm,
+        seed=training.seed,
+        progress=progress,
+    )  # the other TrainingConfig options keep their defaults
+
+
+def _sample(
+    config: RunConfig, model: Any, x_o: torch.Tensor, progress: bool
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Posterior samples ``(n, D)`` and what the sampler reports (NLE: emcee, dynesty)."""
+    n, seed = config.sampling.num_samples, config.sampling.seed
+    if config.inference.method == "npe":
+        return model.sample(n, x=x_o, seed=seed), {}
+    report: dict[str, Any] = {}
+    sampler = config.sampling.sampler or "mcmc"
+    samples = None
+    if sampler == "mcmc":
+        chain = model.mcmc(n, x_o, seed=seed, progress=progress)
+        samples = chain.samples
+        report["mcmc"] = {
+            "steps": int(chain.chain.shape[0]),
+            "walkers": int(chain.chain.shape[1]),
+            "autocorrelation_time": [float(t) for t in chain.autocorr_time],
+            "burn_in": chain.burn_in,
+            "thin": chain.thin,
+            "acceptance_fraction": float(chain.acceptance_fraction),
+            "converged": bool(chain.converged),
+        }
+    if sampler == "nested" or config.sampling.evidence:
+        result = model.nested(x_o, seed=seed, progress=progress, num_samples=n)
+        if samples is None:
+            samples = result.samples
+        report["evidence"] = {
+            "log_z": result.log_evidence,
+            "log_z_err": result.log_evidence_err,
+            "information_nats": result.information,
+        }
+    return samples, report
 
 
 def _calibration(
@@ -194,7 +243,8 @@ def _calibration(
 def _summary_text(summary: dict[str, Any]) -> str:
     seconds = summary["seconds"]
     lines = [
-        f"sbiflow run: {summary['simulator']}, {summary['estimator']} posterior",
+        f"sbiflow run: {summary['simulator']}, {summary['estimator']} "
+        + ("likelihood emulator" if summary["method"] == "nle" else "posterior"),
         f"simulations: {summary['num_valid_simulations']} valid of {summary['num_simulations']}",
         f"training: {summary['epochs']} epochs, best epoch {summary['best_epoch']}, "
         f"validation loss {summary['best_validation_loss']:.4f}",
@@ -206,6 +256,20 @@ def _summary_text(summary: dict[str, Any]) -> str:
             f"C2ST against the reference posterior: {summary['c2st_vs_reference']:.3f} "
             "(0.5: indistinguishable)"
         )
+    if "mcmc" in summary:
+        chain = summary["mcmc"]
+        tau = max(chain["autocorrelation_time"])
+        lines.append(
+            f"emcee: {chain['walkers']} walkers x {chain['steps']} steps, autocorrelation time "
+            f"{tau:.1f}, acceptance {chain['acceptance_fraction']:.2f}"
+            + ("" if chain["converged"] else " (NOT converged: see the warning)")
+        )
+    if "evidence" in summary:
+        evidence = summary["evidence"]
+        line = f"dynesty: log Z = {evidence['log_z']:.3f} ± {evidence['log_z_err']:.3f}"
+        if "log_z_exact" in evidence:
+            line += f" (exact: {evidence['log_z_exact']:.3f})"
+        lines.append(line)
     if "coverage" in summary:
         pairs = ", ".join(f"{level}: {value:.3f}" for level, value in summary["coverage"].items())
         lines.append(f"expected coverage (level: measured): {pairs}")

@@ -8,9 +8,14 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from sbiflow.estimators import ESTIMATORS
 from sbiflow.training import TrainingConfig
 
-__all__ = ["ConfigError", "RunConfig", "load_config"]
+__all__ = ["METHODS", "SAMPLERS", "ConfigError", "RunConfig", "load_config"]
+
+#: Values of ``inference.method`` and of ``sampling.sampler``.
+METHODS = ("npe", "nle")
+SAMPLERS = ("mcmc", "nested")
 
 
 class ConfigError(ValueError):
@@ -39,10 +44,21 @@ class SimulationSection:
 
 
 @dataclass
-class EstimatorSection:
-    """The density estimator family and its options (e.g. ``hidden_features``)."""
+class InferenceSection:
+    """What is learned: the posterior (``"npe"``) or a likelihood emulator (``"nle"``)."""
 
-    kind: str = "nsf"
+    method: str = "npe"
+
+
+@dataclass
+class EstimatorSection:
+    """The density estimator family and its options (e.g. ``hidden_features``).
+
+    ``kind = ""`` takes the method's default: NSF for NPE, MAF (behind a θ-dependent affine
+    layer) for NLE.
+    """
+
+    kind: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,10 +85,16 @@ class ObservationSection:
 
 @dataclass
 class SamplingSection:
-    """Posterior samples to draw."""
+    """Posterior samples to draw, and for NLE the sampler that draws them.
+
+    ``sampler``: ``"mcmc"`` (emcee, the NLE default) or ``"nested"`` (dynesty, which also
+    gives the evidence). ``evidence = true`` runs dynesty for log Z in any case (NLE only).
+    """
 
     num_samples: int = 10_000
     seed: int = 0
+    sampler: str = ""
+    evidence: bool = False
 
 
 @dataclass
@@ -98,6 +120,7 @@ class RunConfig:
 
     simulator: SimulatorSection
     simulation: SimulationSection
+    inference: InferenceSection
     estimator: EstimatorSection
     training: TrainingSection
     observation: ObservationSection
@@ -110,6 +133,7 @@ class RunConfig:
 _SECTIONS = {
     "simulator": SimulatorSection,
     "simulation": SimulationSection,
+    "inference": InferenceSection,
     "estimator": EstimatorSection,
     "training": TrainingSection,
     "observation": ObservationSection,
@@ -192,5 +216,23 @@ def _check_values(config: RunConfig, path: str) -> None:
         fail("training.learning_rate must be positive.")
     if not 0 < config.training.validation_fraction < 1:
         fail("training.validation_fraction must lie in (0, 1).")
+    method = config.inference.method
+    if method not in METHODS:
+        fail(f"inference.method must be one of {list(METHODS)}, got {method!r}.")
+    if config.estimator.kind and config.estimator.kind not in ESTIMATORS:
+        fail(f"estimator.kind must be one of {list(ESTIMATORS)}, got {config.estimator.kind!r}.")
+    sampler = config.sampling.sampler
+    if method == "npe" and (sampler or config.sampling.evidence):
+        fail(
+            "sampling.sampler and sampling.evidence apply to a likelihood emulator: an NPE "
+            'posterior is sampled directly. Set inference.method = "nle" to use emcee/dynesty.'
+        )
+    if sampler and sampler not in SAMPLERS:
+        fail(f"sampling.sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
+    if method == "nle" and config.diagnostics.coverage_tests > 0:
+        fail(
+            'diagnostics.coverage_tests needs inference.method = "npe" (each NLE test '
+            "posterior is an MCMC run); set it to 0, or check an NPE run's calibration."
+        )
     if config.observation.index == 0 and not config.observation.values:
         fail("[observation] needs index = <n> (the simulator's n-th observation) or values.")

@@ -39,6 +39,30 @@ progress = false
 """
 
 
+NLE_RUN = """
+[simulator]
+name = "gaussian_linear"
+dim = 2
+
+[simulation]
+num_simulations = 3000
+
+[inference]
+method = "nle"
+
+[observation]
+values = [0.1, -0.2]
+
+[sampling]
+num_samples = 2000
+evidence = true
+
+[output]
+directory = "{out}"
+progress = false
+"""
+
+
 def write(tmp_path, text, name="run.toml"):
     path = tmp_path / name
     path.write_text(text)
@@ -84,6 +108,13 @@ def test_run_writes_samples_plots_model_and_summary(tmp_path, capsys):
         (("index = 1", ""), r"\[observation\] needs index"),
         (('name = "two_moons"', 'name = "three_moons"'), "three_moons"),
         (("[sampling]", "[sampling"), "not valid TOML"),
+        (("[sampling]", "[sampling]\nsampler = 'nested'"), "apply to a likelihood emulator"),
+        (("[estimator]", "[inference]\nmethod = 'abc'\n[estimator]"), "inference.method"),
+        (
+            ("[estimator]", "[inference]\nmethod = 'nle'\n[estimator]"),
+            "coverage_tests needs inference.method",
+        ),
+        (('kind = "nsf"', 'kind = "glow"'), "estimator.kind must be one of"),
     ],
 )
 def test_config_errors_name_the_bad_key(tmp_path, edit, message, capsys):
@@ -104,6 +135,23 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_shipped_example_config_is_valid():
-    config = load_config(Path(__file__).parents[1] / "examples/configs/two_moons.toml")
-    assert config.simulator.name == "two_moons" and config.observation.index == 1
+@pytest.mark.parametrize("name", ["two_moons", "gaussian_linear_nle"])
+def test_shipped_example_config_is_valid(name):
+    config = load_config(Path(__file__).parents[1] / f"examples/configs/{name}.toml")
+    assert name.startswith(config.simulator.name) and config.observation.index == 1
+
+
+def test_nle_run_samples_with_emcee_and_reports_the_evidence(tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, NLE_RUN.format(out=out)))]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "nle" and summary["estimator"] == "maf"
+    assert summary["mcmc"]["converged"]
+    evidence = summary["evidence"]
+    assert abs(evidence["log_z"] - evidence["log_z_exact"]) < 0.3
+    # analytic posterior: N(x σp²/(σp²+σ²), σp²σ²/(σp²+σ²)) per dimension, σp² = σ² = 0.1
+    samples = np.load(out / "posterior_samples.npz")["samples"]
+    assert samples.shape == (2000, 2)
+    assert np.allclose(samples.mean(axis=0), [0.05, -0.1], atol=0.03)
+    assert np.allclose(samples.std(axis=0), np.sqrt(0.05), rtol=0.1)
+    assert "dynesty: log Z" in (out / "summary.txt").read_text()
