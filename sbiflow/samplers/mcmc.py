@@ -24,7 +24,9 @@ SAMPLE_AUTOCORR_TIMES = 10
 #: Least burn-in, in autocorrelation times.
 BURN_IN_TIMES = 3
 #: Thinning, in autocorrelation times.
-THIN_TIMES = 0.5
+THIN_TIMES = 2.0
+#: Walkers at most by default (more samples than they fill then take longer chains).
+MAX_DEFAULT_WALKERS = 4096
 #: Prior draws per walker and round, and rounds at most, to pick the starting walkers from.
 CANDIDATES_PER_WALKER, INIT_ROUNDS = 32, 4
 #: Steps of the first round, and the least number of steps of every later round.
@@ -205,6 +207,12 @@ def _initial_walkers(
     return torch.cat(thetas)[pick].to(torch.float64).numpy(), log_prob
 
 
+def _default_walkers(num_samples: int, dim: int) -> int:
+    """Walkers that fill ``num_samples`` thinned samples in ``SAMPLE_AUTOCORR_TIMES`` τ."""
+    filling = math.ceil(num_samples * THIN_TIMES / SAMPLE_AUTOCORR_TIMES)
+    return min(max(512, 4 * dim, filling), max(MAX_DEFAULT_WALKERS, 4 * dim))
+
+
 def _settling_step(log_prob: np.ndarray) -> int:
     """First step at which the walkers' mean log target reaches its typical level.
 
@@ -257,7 +265,8 @@ def mcmc(
 
     * burn-in: ``3 τ̂``, or longer if the walkers' mean log target is still climbing (the
       first step at which it reaches its median over the second half of the chain);
-    * thinning: every ``τ̂ / 2``-th step (kept samples correlate by about e^-1/2);
+    * thinning: every ``2 τ̂``-th step (kept samples correlate by about e^-2, so the samples
+      returned are close to independent: their effective number is about their number);
     * stop once ``SAMPLE_AUTOCORR_TIMES = 10`` τ̂ follow the burn-in and at least
       ``num_samples`` thinned samples remain; the returned ones are drawn from these
       without replacement.
@@ -270,8 +279,14 @@ def mcmc(
     steps (4 to 40 τ), and a 10-D Gaussian started far too wide reaches 0.508 with this
     rule (377-442 steps, standard deviations within 3%) against 0.500 at 50 τ̂ (1,500
     steps). On short chains emcee's τ̂ is biased low (about 0.7 τ at 20 τ), so the burn-in
-    is at least ~2 τ and the thinning about τ / 3, which costs effective sample size, not
-    correctness. If ``max_steps`` comes first, a ``RuntimeWarning`` says what to raise.
+    is at least ~2 τ. If ``max_steps`` comes first, a ``RuntimeWarning`` says what to raise.
+
+    Thinning by 2 τ̂ rather than τ̂ / 2 costs no steps when the walkers are many (below):
+    with 2,000 walkers, 10,000 samples are 5 per walker, 10 τ̂ of chain. Measured on an NLE
+    emulator of the 10-D linear Gaussian (sbibm observation 1, C2ST of 10,000 samples
+    against the analytic posterior): 512 walkers thinned by τ̂ / 2, 0.610 (7% of the
+    samples repeated, the rest strongly correlated); 1,024 walkers by τ̂, 0.551; 2,048 by
+    τ̂, 0.538; 2,048 by 2 τ̂, 0.527 — sbi's slice sampler on its own emulator, 0.524.
 
     The walkers start at prior draws resampled in proportion to the likelihood
     (sampling-importance-resampling), which spreads them over the posterior's modes in
@@ -285,10 +300,11 @@ def mcmc(
             the prior's support, in the prior's dtype; may return ``-inf``.
         prior: Prior with event shape ``(D,)`` and ``sample`` / ``log_prob``.
         num_samples: Number of samples to return.
-        num_walkers: emcee walkers; default ``max(512, 4 D)`` (made even). A step costs two
-            batched calls whatever the walker count, as long as one network call dominates
-            it; 512 walkers fill 10,000 thinned samples within the 10 τ̂ after burn-in
-            (fewer walkers need more steps) and hold each mode's weight to ~2%.
+        num_walkers: emcee walkers; default ``num_samples / 5`` within
+            ``[max(512, 4 D), 4096]`` (made even): 2,000 walkers fill 10,000 samples thinned
+            by 2 τ̂ within the 10 τ̂ after burn-in (fewer walkers need longer chains, more
+            make each call longer) and hold each mode's weight to ~1%. A step costs two
+            batched calls.
         seed: Seeds the starting points, emcee's random state and the final subsampling.
         progress: Show a progress bar over the steps.
         init: Starting walkers ``(W, D)`` inside the support, instead of the default.
@@ -314,7 +330,7 @@ def mcmc(
     dim = target.dim
     rng = np.random.default_rng(seed)
     if init is None:
-        walkers = num_walkers or max(512, 4 * dim)
+        walkers = num_walkers or _default_walkers(num_samples, dim)
         walkers += walkers % 2
         start, log_prob = _initial_walkers(target, walkers, seed, rng)
     else:
