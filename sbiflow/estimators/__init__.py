@@ -20,7 +20,9 @@ __all__ = [
 
 # name -> "module:Class"; the class takes (a_shape, b_shape, embedding_net=..., **options).
 # A new family joins with one line here.
-_REGISTRY: dict[str, str] = {}
+_REGISTRY: dict[str, str] = {
+    "cvae": "sbiflow.estimators.cvae:CVAEEstimator",
+}
 
 ESTIMATORS: tuple[str, ...] = (*FLOW_KINDS, *_REGISTRY)
 
