@@ -104,11 +104,16 @@ def _mean_loss(model: nn.Module, a: Tensor, b: Tensor, chunk: int = 8192) -> flo
 SMALL_MODEL_PARAMETERS = 1_000_000
 
 
+def default_threads(model: nn.Module) -> int:
+    """Torch threads for ``model``: one for a small network, torch's setting otherwise."""
+    size = sum(p.numel() for p in model.parameters())
+    return 1 if size < SMALL_MODEL_PARAMETERS else torch.get_num_threads()
+
+
 @contextlib.contextmanager
 def _threads(model: nn.Module, num_threads: int | None) -> Iterator[None]:
     if num_threads is None:
-        size = sum(p.numel() for p in model.parameters())
-        num_threads = 1 if size < SMALL_MODEL_PARAMETERS else torch.get_num_threads()
+        num_threads = default_threads(model)
     before = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:

@@ -13,7 +13,7 @@ from sbiflow.estimators import FLOW_KINDS
 from sbiflow.inference.base import NeuralInference
 from sbiflow.priors import validate_theta
 from sbiflow.samplers import MCMCResult, NestedResult, mcmc, nested
-from sbiflow.training import threads_for
+from sbiflow.training import default_threads, threads_for
 
 __all__ = ["NLE"]
 
@@ -172,10 +172,11 @@ class _EmulatorLikelihood:
 
     def __init__(self, nle: NLE, trials: Tensor) -> None:
         self.nle, self.trials = nle, trials
+        self.num_threads = default_threads(nle._trained())  # decided once, not per call
 
     @torch.no_grad()
     def __call__(self, theta: Tensor) -> Tensor:
-        with threads_for(self.nle._trained()):
+        with threads_for(self.nle._trained(), self.num_threads):
             logq = self.nle._log_likelihood(
                 torch.as_tensor(theta, dtype=torch.float32), self.trials
             )

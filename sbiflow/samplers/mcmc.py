@@ -239,8 +239,24 @@ def _run_length(
 
 
 def _autocorr_time(sampler: emcee.EnsembleSampler) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):  # a parameter that never moved: NaN
-        tau = sampler.get_autocorr_time(tol=0)
+    """Integrated autocorrelation time per parameter ``(D,)``, batched over walkers.
+
+    The estimator of ``emcee.autocorr.integrated_time`` (the walkers' mean normalized
+    autocorrelation function, Sokal's window with c = 5), with one FFT over the whole chain
+    instead of one per walker and parameter: emcee's loop took ~15% of a 2,000-walker run.
+    A parameter that never moved gets ``inf``.
+    """
+    chain = sampler.get_chain()  # (steps, W, D)
+    steps = chain.shape[0]
+    size = 2 * emcee.autocorr.next_pow_two(steps)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spectrum = np.fft.rfft(chain - chain.mean(axis=0), n=size, axis=0)
+        acf = np.fft.irfft(spectrum * np.conjugate(spectrum), n=size, axis=0)[:steps]
+        acf = (acf / acf[0]).mean(axis=1)  # (steps, D)
+    taus = 2.0 * np.cumsum(acf, axis=0) - 1.0
+    tau = np.array(
+        [taus[emcee.autocorr.auto_window(taus[:, d], 5), d] for d in range(taus.shape[1])]
+    )
     return np.where(np.isfinite(tau), tau, np.inf)
 
 
