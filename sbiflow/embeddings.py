@@ -9,9 +9,11 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "EMBEDDINGS",
     "CNNEmbedding",
     "DeepSetEmbedding",
     "MLPEmbedding",
+    "PowerSpectrumEmbedding",
     "build_embedding",
     "default_embedding",
     "embedding_spec",
@@ -120,9 +122,14 @@ class DeepSetEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Embed sets ``(B, N_max, F + 1)`` into ``(B, out_features)``."""
-        mask = x[..., -1:]  # (B, N, 1)
-        count = mask.sum(dim=1)  # (B, 1)
-        pooled = (self.phi(x[..., :-1]) * mask).sum(dim=1) / count.clamp_min(1.0)  # (B, H)
+        present = x[..., -1] > 0.5  # (B, N)
+        count = present.sum(dim=1, keepdim=True).to(x.dtype)  # (B, 1)
+        # phi runs on the present elements only: padding costs nothing (sets of ~2/3 full
+        # rows train ~1.5x faster than with phi on every row and a masked sum).
+        rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(present.sum(dim=1))
+        features = self.phi(x[present][:, :-1])  # (M, H), M present elements in the batch
+        summed = features.new_zeros(x.shape[0], features.shape[1]).index_add_(0, rows, features)
+        pooled = summed / count.clamp_min(1.0)  # (B, H)
         return self.rho(torch.cat([pooled, torch.log1p(count)], dim=1))
 
 
@@ -189,7 +196,87 @@ class CNNEmbedding(nn.Module):
         return self.head(self.features(x).flatten(start_dim=1))
 
 
-_EMBEDDINGS = {"mlp": MLPEmbedding, "deepset": DeepSetEmbedding, "cnn": CNNEmbedding}
+class PowerSpectrumEmbedding(nn.Module):
+    r"""The binned power spectrum of a periodic map, then an MLP.
+
+    For a statistically homogeneous field on a periodic grid the Fourier modes are
+    uncorrelated, so the power in shells of :math:`|k|` carries (nearly) all of the
+    information of a Gaussian field: it is the classic summary of a cosmological map. The map
+    ``(H, W)`` goes through a 2-D real FFT; :math:`|\hat x_k|^2 / (HW)` is averaged over
+    shells of integer :math:`|k|` (grid units, the mean mode :math:`k = 0` left out), and the
+    logarithm of the shell averages goes through an MLP. Only the MLP is learned.
+
+    Args:
+        x_shape: ``(H, W)`` (one channel) or ``(C, H, W)`` (the spectrum of each channel).
+        out_features: Number of output features.
+        hidden_features: Width of the MLP's hidden layers.
+        num_layers: Hidden layers of the MLP.
+
+    Example:
+        >>> net = PowerSpectrumEmbedding((16, 16), out_features=4)
+        >>> net.num_shells, net(torch.randn(3, 16, 16)).shape
+        (11, torch.Size([3, 4]))
+
+    References:
+        Fisher-matrix and power-spectrum analyses of galaxy surveys: Feldman, Kaiser &
+        Peacock 1994 (arXiv:astro-ph/9304022).
+    """
+
+    def __init__(
+        self,
+        x_shape: tuple[int, ...],
+        out_features: int = 20,
+        hidden_features: int = 64,
+        num_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(x_shape) not in (2, 3):
+            raise ValueError(f"A map has shape (H, W) or (C, H, W), got {tuple(x_shape)}.")
+        self.x_shape = tuple(x_shape)
+        self.out_features = out_features
+        channels, height, width = (1, *x_shape) if len(x_shape) == 2 else x_shape
+        ky = torch.fft.fftfreq(height, 1.0 / height)[:, None]  # integers 0, 1, ..., -1
+        kx = torch.fft.rfftfreq(width, 1.0 / width)[None, :]
+        shell = torch.round(torch.sqrt(kx**2 + ky**2)).long()  # (H, W // 2 + 1)
+        # rfft2 keeps one of each pair (k, -k): the other columns count twice.
+        weight = torch.full(shell.shape, 2.0)
+        weight[:, 0] = 1.0
+        if width % 2 == 0:
+            weight[:, -1] = 1.0
+        weight[0, 0] = 0.0  # the mean is not a fluctuation
+        self.num_shells = int(shell.max())
+        onehot = nn.functional.one_hot(shell.flatten(), self.num_shells + 1).float()
+        binning = (weight.flatten()[:, None] * onehot)[:, 1:]  # (H (W//2 + 1), S)
+        self.register_buffer("binning", binning / binning.sum(dim=0), persistent=False)
+        self.channels, self.pixels = channels, height * width
+        self.net = _mlp([channels * self.num_shells] + [hidden_features] * num_layers)
+        self.net.append(nn.ReLU())
+        self.net.append(nn.Linear(hidden_features, out_features))
+        self.spec = {
+            "type": "power_spectrum",
+            "out_features": out_features,
+            "hidden_features": hidden_features,
+            "num_layers": num_layers,
+        }
+
+    def power(self, x: Tensor) -> Tensor:
+        """Shell-averaged power ``(B, C, S)`` of maps ``(B, *x_shape)``."""
+        x = x.reshape(x.shape[0], self.channels, *x.shape[-2:])  # (B, C, H, W)
+        modes = torch.fft.rfft2(x).abs().square() / self.pixels  # (B, C, H, W // 2 + 1)
+        return modes.flatten(start_dim=2) @ self.binning  # (B, C, S)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed maps ``(B, *x_shape)`` into ``(B, out_features)``."""
+        return self.net(torch.log(self.power(x) + 1e-12).flatten(start_dim=1))
+
+
+#: Embedding families by name (the ``type`` of a saved spec).
+EMBEDDINGS: dict[str, type[nn.Module]] = {
+    "mlp": MLPEmbedding,
+    "deepset": DeepSetEmbedding,
+    "cnn": CNNEmbedding,
+    "power_spectrum": PowerSpectrumEmbedding,
+}
 
 #: Smallest side of a 2-D x read as a map (smaller ones are flattened into an MLP's input).
 MIN_MAP_SIDE = 8
@@ -229,9 +316,9 @@ def build_embedding(spec: dict[str, Any], x_shape: tuple[int, ...]) -> nn.Module
     """Build an embedding net from its spec (as stored in a saved model)."""
     options = dict(spec)
     kind = options.pop("type")
-    if kind not in _EMBEDDINGS:
-        raise ValueError(f"Unknown embedding type {kind!r}; known: {sorted(_EMBEDDINGS)}.")
-    return _EMBEDDINGS[kind](x_shape, **options)
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"Unknown embedding type {kind!r}; known: {sorted(EMBEDDINGS)}.")
+    return EMBEDDINGS[kind](x_shape, **options)
 
 
 def embedding_spec(net: nn.Module) -> dict[str, Any] | None:

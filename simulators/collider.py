@@ -133,6 +133,7 @@ _TRUE = {
 }
 _SEED = {"signal": 1000, "background": 2000}
 _BLOCK = 32  # rows simulated together
+_TRANSFORMS = ("none", "anscombe")
 
 
 class Collider(SimulatorBase):
@@ -147,6 +148,12 @@ class Collider(SimulatorBase):
     Args:
         model: ``"signal"`` (signal plus background) or ``"background"`` (background only).
         exact: Accepted for the common interface: every variant has its exact likelihood.
+        transform: ``"none"``: ``x`` holds the counts :math:`n_k`; ``"anscombe"``: their
+            variance-stabilizing transform :math:`2\sqrt{n_k + 3/8}` (Anscombe 1948), whose
+            noise has a standard deviation close to 1 in every bin whatever the expected
+            count. The transform is one-to-one on counts, so the posterior is the same
+            (``docs/collider.md``). The likelihood and reference posterior take ``x`` in the
+            same form.
         physics: The fixed constants of the chain.
         num_walkers: emcee walkers of the reference posterior.
         burn_in: Steps discarded before the reference posterior keeps samples.
@@ -165,6 +172,7 @@ class Collider(SimulatorBase):
         self,
         model: str = "signal",
         exact: bool = True,
+        transform: str = "none",
         physics: ColliderPhysics | None = None,
         num_walkers: int = 64,
         burn_in: int = 1000,
@@ -172,7 +180,11 @@ class Collider(SimulatorBase):
     ) -> None:
         if model not in _MODELS:
             raise ValueError(f"collider: model must be one of {sorted(_MODELS)}, got {model!r}.")
-        self.model, self.exact = model, bool(exact)
+        if transform not in _TRANSFORMS:
+            raise ValueError(
+                f"collider: transform must be one of {_TRANSFORMS}, got {transform!r}."
+            )
+        self.model, self.exact, self.transform = model, bool(exact), transform
         self.physics = physics if physics is not None else ColliderPhysics()
         if self.physics.grid % 2 or self.physics.grid < 2:
             raise ValueError(f"collider: physics.grid must be even, got {self.physics.grid}.")
@@ -214,7 +226,30 @@ class Collider(SimulatorBase):
         # Blocks of rows keep the per-event arrays small enough to stay in cache.
         th = self._full(theta)
         blocks = [self._simulate_block(th[i : i + _BLOCK], rng) for i in range(0, len(th), _BLOCK)]
-        return np.concatenate(blocks) if blocks else np.zeros((0, self.physics.n_bins))
+        counts = np.concatenate(blocks) if blocks else np.zeros((0, self.physics.n_bins))
+        return 2.0 * np.sqrt(counts + 0.375) if self.transform == "anscombe" else counts
+
+    def counts(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """The bin counts behind simulator outputs ``x`` (undoes ``transform``).
+
+        Args:
+            x: Outputs of this simulator, shape ``(..., n_bins)``.
+
+        Returns:
+            Counts, the shape of ``x``, float64.
+
+        Raises:
+            ValueError: If ``x`` is not the (transformed) counts of some histogram.
+        """
+        x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+        n = (0.5 * x) ** 2 - 0.375 if self.transform == "anscombe" else x
+        counts = np.rint(n)
+        if not np.all((counts >= 0) & (np.abs(n - counts) < 1e-2)):
+            raise ValueError(
+                f"{self.name}: x must hold (transform={self.transform!r}) bin counts, "
+                "non-negative integers."
+            )
+        return counts
 
     def _simulate_block(self, th: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Events of every row of ``th`` (signal-model parameters ``(B, 4)``) through the chain."""
@@ -288,6 +323,7 @@ class Collider(SimulatorBase):
         return torch.as_tensor(ll, dtype=dtype or torch.float32)
 
     def _log_likelihood(self, theta: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        xs = self.counts(xs)
         nu = self._quadrature.expected(self._full(theta))  # (B, K)
         with np.errstate(divide="ignore"):
             counts = xlogy(xs.sum(axis=0), nu).sum(axis=1)  # (B,); 0 log 0 = 0

@@ -257,6 +257,34 @@ def test_log_likelihood_is_the_poisson_likelihood(model: str) -> None:
     torch.testing.assert_close(both, ll + sim.log_likelihood(theta, x2))
 
 
+def test_anscombe_transform_keeps_the_likelihood() -> None:
+    raw, stable = Collider(), Collider(transform="anscombe")
+    theta = raw.prior.sample((4,))
+    x_raw = raw.simulate(theta, np.random.default_rng(3))
+    x = stable.simulate(theta, np.random.default_rng(3))
+    torch.testing.assert_close(x, 2.0 * torch.sqrt(x_raw + 0.375))
+    np.testing.assert_array_equal(stable.counts(x), x_raw.numpy())
+    torch.testing.assert_close(stable.observation(2), 2.0 * torch.sqrt(raw.observation(2) + 0.375))
+    # the same counts, so the same likelihood (a function of theta)
+    grid = raw.prior.sample((6,)).double()
+    torch.testing.assert_close(
+        stable.log_likelihood(grid, stable.observation(1)),
+        raw.log_likelihood(grid, raw.observation(1)),
+    )
+    # the noise is stabilized: unit variance in a low- and a high-count bin (Poisson means
+    # about 6 and 170), where the raw counts' variances differ 30-fold
+    sims = stable.simulate(stable.true_parameters(1)[None].expand(2000, 4), 4).numpy()
+    nu = raw.expected_counts(raw.true_parameters(1)[None])[0].numpy()
+    for k in (int(np.argmax(nu)), int(np.argmin(np.abs(nu - 5.0)))):
+        assert sims[:, k].var() == pytest.approx(1.0, abs=0.15), (k, nu[k])
+    # negative control: raw counts are not stabilized
+    assert raw.simulate(raw.true_parameters(1)[None].expand(2000, 4), 4)[:, 0].var() > 10
+    with pytest.raises(ValueError, match="transform must be one of"):
+        Collider(transform="log")
+    with pytest.raises(ValueError, match="non-negative integers"):
+        stable.log_likelihood(grid, x_raw[0])  # counts given where sqrt-counts are expected
+
+
 def test_log_likelihood_peaks_near_the_truth() -> None:
     sim = Collider()
     x, truth = sim.observation(1), sim.true_parameters(1).double()

@@ -8,6 +8,7 @@ from sbiflow.embeddings import (
     CNNEmbedding,
     DeepSetEmbedding,
     MLPEmbedding,
+    PowerSpectrumEmbedding,
     build_embedding,
     default_embedding,
     is_masked_set,
@@ -40,6 +41,45 @@ def test_deepset_is_permutation_invariant_and_ignores_padding():
     moved = x.clone()
     moved[:, 0, 0] += 1.0
     assert not torch.allclose(net(x), net(moved), atol=1e-4)
+
+
+def test_deepset_pools_the_mean_of_phi_over_each_set():
+    torch.manual_seed(1)
+    net = DeepSetEmbedding((N_MAX, 3), out_features=4)
+    x = padded_sets(torch.randn(6, 2), seed=2)
+    x[1] = x[1, torch.randperm(N_MAX)]  # padding rows anywhere in the set
+    x[2] = 0.0  # an empty set
+    expected = []
+    for one in x:
+        present = one[one[:, -1] == 1][:, :-1]
+        pooled = net.phi(present).mean(dim=0) if len(present) else torch.zeros(64)
+        count = torch.tensor([float(len(present))])
+        expected.append(net.rho(torch.cat([pooled, torch.log1p(count)])))
+    torch.testing.assert_close(net(x), torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_power_spectrum_embedding_measures_the_power_in_shells():
+    net = PowerSpectrumEmbedding((32, 32), out_features=3)
+    assert net.num_shells == 23  # |k| rounded: 1 .. round(16 sqrt 2)
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(400, 32, 32, generator=g)
+    power = net.power(white)  # white noise: unit power in every shell
+    assert power.shape == (400, 1, 23)
+    error = power.std(dim=0) / 400**0.5  # few modes in the outer shells: larger errors
+    assert ((power.mean(dim=0) - 1.0).abs() < 4.0 * error).all()
+    assert float(error.max()) < 0.1  # the check has teeth
+    # a plane wave of wave number (3, 4): all of its power in the shell |k| = 5
+    i, j = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    wave = torch.cos(2 * torch.pi * (3 * i + 4 * j) / 32)[None]
+    shells = net.power(wave)[0, 0]
+    assert int(shells.argmax()) == 4 and float(shells.sum() - shells[4]) < 1e-6
+    # a periodic shift leaves the output unchanged; a rescaled field does not
+    torch.testing.assert_close(net(torch.roll(white[:3], (5, 7), (1, 2))), net(white[:3]))
+    assert not torch.allclose(net(2.0 * white[:3]), net(white[:3]), atol=1e-3)
+    channels = PowerSpectrumEmbedding((2, 16, 16), out_features=3)
+    assert channels(torch.randn(5, 2, 16, 16)).shape == (5, 3)
+    with pytest.raises(ValueError, match="shape"):
+        PowerSpectrumEmbedding((16,))
 
 
 def test_cnn_shapes_and_circular_padding_equivariance():
@@ -100,9 +140,30 @@ def test_npe_picks_deepset_and_round_trips(tmp_path):
     )
 
 
-def test_build_embedding_from_spec_and_bad_choice():
-    for net in (MLPEmbedding((6,)), DeepSetEmbedding((5, 3)), CNNEmbedding((8, 8), channels=(4,))):
+def test_build_embedding_from_spec():
+    nets = (
+        MLPEmbedding((6,)),
+        DeepSetEmbedding((5, 3)),
+        CNNEmbedding((8, 8), channels=(4,)),
+        PowerSpectrumEmbedding((8, 8)),
+    )
+    for net in nets:
         rebuilt = build_embedding(net.spec, net.x_shape)
         assert type(rebuilt) is type(net) and rebuilt.spec == net.spec
-    with pytest.raises(ValueError, match='"auto" or None'):
-        sbiflow.NPE(sbiflow.BoxUniform(-torch.ones(2), torch.ones(2)), embedding_net="cnn")
+        rebuilt.load_state_dict(net.state_dict())
+        x = torch.randn(2, *net.x_shape)
+        torch.testing.assert_close(rebuilt(x), net(x))
+
+
+def test_npe_takes_an_embedding_by_name_and_refuses_unknown_names(box_prior, tmp_path):
+    maps = torch.randn(200, 8, 8)
+    theta = box_prior.sample((200,))
+    npe = sbiflow.NPE(box_prior, embedding_net="power_spectrum")
+    npe.fit(theta, maps, max_epochs=1, progress=False)
+    assert type(npe.embedding_net).__name__ == "PowerSpectrumEmbedding"
+    sbiflow.save(npe, tmp_path / "ps.pt")
+    assert type(sbiflow.load(tmp_path / "ps.pt").embedding_net).__name__ == (
+        "PowerSpectrumEmbedding"
+    )
+    with pytest.raises(ValueError, match="embedding_net must be"):
+        sbiflow.NPE(box_prior, embedding_net="fourier")

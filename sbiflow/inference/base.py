@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sbiflow.embeddings import build_embedding, embedding_spec
+from sbiflow.embeddings import EMBEDDINGS, build_embedding, embedding_spec
 from sbiflow.estimators import ESTIMATORS, FLOW_KINDS, ConditionalEstimator, build_estimator
 from sbiflow.priors import in_support, prior_dim, validate_theta
 from sbiflow.training import TrainingConfig, TrainingHistory, train
@@ -32,7 +32,10 @@ class NeuralInference:
         estimator: Estimator family, one of ``sbiflow.estimators.ESTIMATORS``.
         embedding_net: Network for the condition (x for NPE). ``"auto"`` (default): NPE
             picks one from the training simulations (a DeepSet for padded sets with a mask
-            column, a CNN for maps, none for vectors); ``None``: none, x is flattened.
+            column, a CNN for maps, none for vectors); the name of one of
+            ``sbiflow.embeddings`` (``"mlp"``, ``"deepset"``, ``"cnn"``,
+            ``"power_spectrum"``): that one with its defaults, built for the shape of x at
+            ``fit`` (so a config file can choose it); ``None``: none, x is flattened.
         device: Torch device for training and sampling.
         **estimator_options: Passed to the estimator (e.g. ``hidden_features=64``).
     """
@@ -45,9 +48,10 @@ class NeuralInference:
         device: str = "cpu",
         **estimator_options: Any,
     ) -> None:
-        if isinstance(embedding_net, str) and embedding_net != "auto":
+        if isinstance(embedding_net, str) and embedding_net not in ("auto", *EMBEDDINGS):
             raise ValueError(
-                f'embedding_net must be a torch module, "auto" or None, got {embedding_net!r}.'
+                f'embedding_net must be a torch module, "auto", one of {sorted(EMBEDDINGS)} '
+                f"or None, got {embedding_net!r}."
             )
         if not isinstance(prior, Distribution):
             raise TypeError(
@@ -61,6 +65,7 @@ class NeuralInference:
         self.estimator_options = estimator_options
         self.embedding_net: nn.Module | None = None
         self.auto_embedding = embedding_net == "auto"
+        self.embedding_name = embedding_net if embedding_net in EMBEDDINGS else None
         if isinstance(embedding_net, nn.Module):
             self.embedding_net = embedding_net
         self.device = torch.device(device)
@@ -146,11 +151,15 @@ class NeuralInference:
                 torch.manual_seed(seed)
             if self.auto_embedding:
                 self.embedding_net = self._default_embedding(b)
+            elif self.embedding_name is not None:
+                spec = {"type": self.embedding_name}
+                self.embedding_net = build_embedding(spec, tuple(b.shape[1:]))
             self.estimator = self._build_estimator(tuple(a.shape[1:]), tuple(b.shape[1:]))
-        self.estimator.standardize_from(a, b)
-        self._cache.clear()
-        self.estimator.to(self.device)
-        self.history = train(self.estimator, a.to(self.device), b.to(self.device), config)
+            self.estimator.standardize_from(a, b)
+            self._cache.clear()
+            self.estimator.to(self.device)
+            # inside the seeded block: losses that draw noise (score, cVAE) repeat too
+            self.history = train(self.estimator, a.to(self.device), b.to(self.device), config)
         self.estimator.eval()
         return self
 
