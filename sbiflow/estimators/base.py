@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +89,9 @@ class ConditionalEstimator(nn.Module):
     """
 
     kind: str = "base"
+    #: Training options (fields of ``sbiflow.training.TrainingConfig``) this estimator trains
+    #: best with; ``NeuralInference.fit`` applies them under the user's own options.
+    training_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> None:
         super().__init__()

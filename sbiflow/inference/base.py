@@ -131,7 +131,8 @@ class NeuralInference:
             x: Simulations, shape ``(N, *x_shape)``.
             seed: Seed for weights, split and batch order (``None``: fresh randomness).
             progress: Show a progress bar.
-            **training_options: Any field of ``sbiflow.training.TrainingConfig``:
+            **training_options: Any field of ``sbiflow.training.TrainingConfig``; they
+                override the estimator's ``training_defaults``:
                 ``batch_size``, ``learning_rate``, ``validation_fraction``,
                 ``stop_after_epochs``, ``max_epochs``, ``clip_max_norm``, ``lr_decays``,
                 ``num_threads``, ...
@@ -142,7 +143,7 @@ class NeuralInference:
         Raises:
             TypeError: For an unknown training option.
         """
-        config = TrainingConfig(seed=seed, progress=progress, **training_options)
+        TrainingConfig(seed=seed, progress=progress, **training_options)  # fail early on typos
         theta, x = self._check_training_data(theta, x)
         self.x_shape = tuple(x.shape[1:])
         a, b = self._roles(theta, x)
@@ -155,6 +156,8 @@ class NeuralInference:
                 spec = {"type": self.embedding_name}
                 self.embedding_net = build_embedding(spec, tuple(b.shape[1:]))
             self.estimator = self._build_estimator(tuple(a.shape[1:]), tuple(b.shape[1:]))
+            options = {**self.estimator.training_defaults, **training_options}
+            config = TrainingConfig(seed=seed, progress=progress, **options)
             self.estimator.standardize_from(a, b)
             self._cache.clear()
             self.estimator.to(self.device)

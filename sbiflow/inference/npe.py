@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -55,13 +56,18 @@ class NPE(NeuralInference):
         return default_embedding(b)
 
     @torch.no_grad()
-    def sample(self, n: int, x: Tensor, *, seed: int | None = None) -> Tensor:
+    def sample(
+        self, n: int, x: Tensor, *, seed: int | None = None, iid_method: str = "gauss"
+    ) -> Tensor:
         """Draw posterior samples inside the prior's support.
 
         Args:
             n: Number of samples.
-            x: One observation, shape ``x_shape`` (or ``(1, *x_shape)``).
+            x: One observation, shape ``x_shape`` (or ``(1, *x_shape)``); with
+                ``estimator="score"`` also iid trials ``(k, *x_shape)``, whose posterior is
+                composed from the single-observation model (``ScoreEstimator.sample_iid``).
             seed: Seed for reproducible samples (``None``: torch's global RNG).
+            iid_method: Composition of iid trials, ``"gauss"`` or ``"geffner"``.
 
         Returns:
             Samples, shape ``(n, D)``.
@@ -70,12 +76,18 @@ class NPE(NeuralInference):
             PriorSupportError: If fewer than 1 in 10⁴ proposals fall inside the prior.
         """
         estimator = self._trained()
-        x_o = self._observation(x)[0]
+        trials = self._observation(x, allow_trials=hasattr(estimator, "sample_iid"))
+
+        def draw(m: int) -> Tensor:
+            if trials.shape[0] > 1:
+                return estimator.sample_iid(m, trials, self.prior, method=iid_method)
+            return estimator.sample(m, trials[0])
+
         with torch.random.fork_rng(enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             with threads_for(estimator):
-                samples, rate = self._rejection_sample(estimator, n, x_o)
+                samples, rate = self._rejection_sample(draw, n)
         if rate < LOW_ACCEPTANCE:
             warnings.warn(
                 f"Only {rate:.2%} of posterior samples fell inside the prior's support: the "
@@ -86,12 +98,12 @@ class NPE(NeuralInference):
             )
         return samples.cpu()
 
-    def _rejection_sample(self, estimator: nn.Module, n: int, x_o: Tensor) -> tuple[Tensor, float]:
+    def _rejection_sample(self, draw: Callable[[int], Tensor], n: int) -> tuple[Tensor, float]:
         kept: list[Tensor] = []
         n_kept, n_proposed, rate = 0, 0, 1.0
         while n_kept < n:
             want = min(int(1.2 * (n - n_kept) / max(rate, 1e-3)) + 16, 100_000)
-            proposal = estimator.sample(want, x_o)
+            proposal = draw(want)
             inside = in_support(self.prior, proposal.cpu())
             kept.append(proposal[inside.to(proposal.device)])
             n_kept += int(inside.sum())
