@@ -421,3 +421,20 @@ def test_save_load_round_trip_with_npe(trained, tmp_path):
         loaded.log_prob(theta, x=x_o, normalize=False), npe.log_prob(theta, x=x_o, normalize=False)
     )
     assert torch.equal(loaded.sample(50, x=x_o, seed=2), npe.sample(50, x=x_o, seed=2))
+
+
+def test_score_model_as_a_likelihood_emulator():
+    # The same estimator behind NLE: q(x | θ) through the probability-flow ODE.
+    sim = simulators.get("gaussian_linear", dim=2)
+    theta, x = sbiflow.simulate(sim, 3_000, seed=1, progress=False)
+    nle = sbiflow.NLE(sim.prior, estimator="score").fit(theta, x, seed=0, progress=False)
+    x_o = sim.simulate(torch.tensor([[0.3, -0.2]]), np.random.default_rng(5))[0]
+    torch.manual_seed(0)
+    thetas = sim.posterior(x_o).sample((50,))  # where a sampler would evaluate it
+    exact = Independent(Normal(thetas, 0.1**0.5), 1).log_prob(x_o)  # x ~ N(θ, 0.1 I)
+    error = (nle.log_likelihood(thetas, x_o) - exact).abs()
+    assert float(error.mean()) < 0.1
+    # negative control: a likelihood 10% too wide is further off
+    wide = Independent(Normal(thetas, 1.1 * 0.1**0.5), 1).log_prob(x_o)
+    assert float((wide - exact).abs().mean()) > 0.1
+    assert nle.simulate(thetas[:7], seed=0).shape == (7, 2)
