@@ -135,7 +135,7 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("name", ["two_moons", "gaussian_linear_nle"])
+@pytest.mark.parametrize("name", ["two_moons", "two_moons_score", "gaussian_linear_nle"])
 def test_shipped_example_config_is_valid(name):
     config = load_config(Path(__file__).parents[1] / f"examples/configs/{name}.toml")
     assert name.startswith(config.simulator.name) and config.observation.index == 1
