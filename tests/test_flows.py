@@ -9,15 +9,26 @@ from torch.autograd.functional import jacobian
 from sbiflow.estimators import FlowEstimator
 from sbiflow.estimators.flows import FLOW_KINDS
 
-#: Every flow, and every flow behind the context-dependent affine layer (NLE's default).
-VARIANTS = (*FLOW_KINDS, *(f"{kind}+affine" for kind in FLOW_KINDS))
+#: Every flow, every flow behind the context-dependent affine layer, and every flow with the
+#: least-squares linear start of that layer (NLE's default for the MAF).
+VARIANTS = (
+    *FLOW_KINDS,
+    *(f"{kind}+{extra}" for kind in FLOW_KINDS for extra in ("affine", "linear")),
+)
 FLOWS = [(kind, dim) for kind in VARIANTS for dim in (1, 3)]
 CONTEXT_DIM = 4
 
 
 def build(variant: str, dim: int, **options) -> FlowEstimator:
-    kind, _, affine = variant.partition("+")
-    return FlowEstimator(kind, (dim,), (CONTEXT_DIM,), conditional_affine=bool(affine), **options)
+    kind, _, extra = variant.partition("+")
+    return FlowEstimator(
+        kind,
+        (dim,),
+        (CONTEXT_DIM,),
+        conditional_affine=bool(extra),
+        linear_start=extra == "linear",
+        **options,
+    )
 
 
 def make_flow(kind: str, dim: int, seed: int = 0) -> FlowEstimator:
@@ -145,3 +156,36 @@ def test_affine_layer_starts_as_the_identity():
     a, b = torch.randn(9, 3), torch.randn(9, CONTEXT_DIM)
     with torch.no_grad():
         assert torch.allclose(affine.log_prob(a, b), plain.log_prob(a, b), atol=1e-6)
+
+
+def linear_gaussian_data(n: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = b W + c + noise with a different noise scale per feature."""
+    gen = torch.Generator().manual_seed(seed)
+    b = torch.randn(n, CONTEXT_DIM, generator=gen)
+    weight = torch.randn(CONTEXT_DIM, dim, generator=gen)
+    noise = torch.linspace(0.2, 1.0, dim) * torch.randn(n, dim, generator=gen)
+    return b @ weight + 1.5 + noise, b
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_linear_start_is_the_least_squares_gaussian(dim):
+    a, b = linear_gaussian_data(2_000, dim)
+    design = torch.cat([b, torch.ones(len(b), 1)], dim=1).double()  # (N, C + 1)
+    coef = torch.linalg.lstsq(design, a.double()).solution  # (C + 1, D)
+    residual_std = (a.double() - design @ coef).std(dim=0)  # (D,)
+    expected = torch.distributions.Normal(design @ coef, residual_std).log_prob(a.double()).sum(-1)
+    for linear_start, should_match in ((True, True), (False, False)):  # False: negative control
+        torch.manual_seed(0)
+        flow = FlowEstimator(
+            "maf", (dim,), (CONTEXT_DIM,), conditional_affine=True, linear_start=linear_start
+        )
+        flow.standardize_from(a, b)
+        with torch.no_grad():
+            error = (flow.log_prob(a, b).double() - expected).abs().max()
+        assert (error < 1e-3) == should_match, float(error)
+
+
+def test_linear_start_needs_the_affine_layer_and_stays_out_of_old_configs():
+    with pytest.raises(ValueError, match="linear_start=True needs conditional_affine"):
+        FlowEstimator("maf", (2,), (3,), linear_start=True)
+    assert "linear_start" not in FlowEstimator("maf", (2,), (3,), conditional_affine=True).config()

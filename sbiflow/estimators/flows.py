@@ -11,6 +11,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -129,14 +130,25 @@ class _ConditionalAffine(transforms.Transform):
     splines on a fixed interval can only approximate a shift. The last layer starts at zero:
     the map starts as the identity.
 
+    With ``linear=True`` the shift also has a linear term of the context, which
+    :meth:`fit_linear` sets by least squares before training: the flow then starts at the
+    best linear-Gaussian model of the data, and the networks learn only what is left.
+
     Args:
         features: Width of a, ``D``.
         context_features: Width of the embedded context, ``C``.
         hidden_features: Width of the MLP.
+        linear: Add a linear term of the context to the shift.
     """
 
-    def __init__(self, features: int, context_features: int, hidden_features: int) -> None:
+    def __init__(
+        self, features: int, context_features: int, hidden_features: int, linear: bool = False
+    ) -> None:
         super().__init__()
+        self.linear = nn.Linear(context_features, features) if linear else None
+        if self.linear is not None:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
         self.net = nn.Sequential(
             nn.Linear(context_features, hidden_features),
             nn.ReLU(),
@@ -149,7 +161,29 @@ class _ConditionalAffine(transforms.Transform):
 
     def _shift_log_scale(self, context: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self.net(context).chunk(2, dim=-1)  # (B, D) each
+        if self.linear is not None:
+            shift = shift + self.linear(context)
         return shift, log_scale
+
+    @torch.no_grad()
+    def fit_linear(self, a: Tensor, context: Tensor) -> None:
+        """Set the linear shift by least squares of a on the context.
+
+        The log scale starts at the log of the residual std, so the layer alone is the
+        least-squares Gaussian.
+
+        Args:
+            a: Standardized targets, shape ``(N, D)``.
+            context: Embedded contexts, shape ``(N, C)``.
+        """
+        assert self.linear is not None
+        design = torch.cat([context, torch.ones_like(context[:, :1])], dim=1)  # (N, C + 1)
+        coef = torch.linalg.lstsq(design.double(), a.double()).solution  # (C + 1, D)
+        residual = a.double() - design.double() @ coef  # (N, D)
+        self.linear.weight.copy_(coef[:-1].T)
+        self.linear.bias.copy_(coef[-1])
+        features = a.shape[1]
+        self.net[-1].bias[features:] = residual.std(dim=0).clamp_min(1e-3).log()
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data ``(B, D)`` to noise side, with ``log|det|`` ``(B,)``."""
@@ -232,23 +266,45 @@ def _nsf_layers(
     ]
 
 
+#: The u at which an affine layer's scale, softplus(u) + 1e-3, is exactly 1.
+_UNIT_SCALE = math.log(math.expm1(1.0 - 1e-3))
+
+
 def _maf_layers(
-    features: int, context: int, hidden: int, num_transforms: int, num_blocks: int, **_: Any
+    features: int,
+    context: int,
+    hidden: int,
+    num_transforms: int,
+    num_blocks: int,
+    identity: bool = False,
+    **_: Any,
 ) -> list[transforms.Transform]:
+    """MAF layers; with ``identity`` each starts as the identity map (zero last layer)."""
     if features == 1:
-        return [_ContextTransform("maf", context, hidden, 0, 0.0) for _ in range(num_transforms)]
+        layers_1d = [
+            _ContextTransform("maf", context, hidden, 0, 0.0) for _ in range(num_transforms)
+        ]
+        for layer in layers_1d if identity else ():
+            nn.init.zeros_(layer.net[-1].weight)
+            with torch.no_grad():  # (shift, scale) = (0, 1); the layer adds 0.5413 to u
+                layer.net[-1].bias.copy_(torch.tensor([0.0, _UNIT_SCALE - 0.5413]))
+        return layers_1d
     layers: list[transforms.Transform] = []
     for _i in range(num_transforms):
-        layers.append(
-            transforms.MaskedAffineAutoregressiveTransform(
-                features=features,
-                hidden_features=hidden,
-                context_features=context,
-                num_blocks=num_blocks,
-                use_residual_blocks=False,
-                activation=_tanh,
-            )
+        made = transforms.MaskedAffineAutoregressiveTransform(
+            features=features,
+            hidden_features=hidden,
+            context_features=context,
+            num_blocks=num_blocks,
+            use_residual_blocks=False,
+            activation=_tanh,
         )
+        if identity:
+            final = made.autoregressive_net.final_layer  # outputs (scale, shift) per feature
+            nn.init.zeros_(final.weight)
+            with torch.no_grad():
+                final.bias.view(features, 2).copy_(torch.tensor([_UNIT_SCALE, 0.0]))
+        layers.append(made)
         layers.append(transforms.ReversePermutation(features))
     return layers
 
@@ -272,6 +328,10 @@ class FlowEstimator(ConditionalEstimator):
         num_blocks: Blocks per conditioner network.
         conditional_affine: Put a context-dependent elementwise shift and scale in front of
             the flow layers (see ``_ConditionalAffine``).
+        linear_start: Give that shift a linear term of the context, set by least squares on
+            the training data in :meth:`standardize_from`, and (MAF) start the
+            autoregressive layers as the identity: the flow starts at the least-squares
+            linear-Gaussian model of a given b (needs ``conditional_affine``).
 
     Example:
         >>> q = FlowEstimator("nsf", (2,), (3,))
@@ -293,12 +353,15 @@ class FlowEstimator(ConditionalEstimator):
         tail_bound: float = 3.0,
         num_blocks: int = 2,
         conditional_affine: bool = False,
+        linear_start: bool = False,
     ) -> None:
         super().__init__(a_shape, b_shape)
         if kind not in FLOW_KINDS:
             raise ValueError(f"Unknown flow {kind!r}; choose one of {FLOW_KINDS}.")
         if len(self.a_shape) != 1:
             raise ValueError(f"Flows model vectors: a_shape must be (D,), got {self.a_shape}.")
+        if linear_start and not conditional_affine:
+            raise ValueError("linear_start=True needs conditional_affine=True.")
         self.kind = kind
         self.options = {
             "hidden_features": hidden_features,
@@ -308,22 +371,24 @@ class FlowEstimator(ConditionalEstimator):
             "num_blocks": num_blocks,
             "conditional_affine": conditional_affine,
         }
+        if linear_start:  # only when set: files saved before the option keep their config
+            self.options["linear_start"] = True
         embedding = embedding_net if embedding_net is not None else nn.Flatten()
         with torch.no_grad():
             context = embedding(torch.zeros(2, *self.b_shape)).shape[-1]
         features = self.a_shape[0]
-        build = _nsf_layers if kind == "nsf" else _maf_layers
-        layers = build(
-            features,
-            context,
-            hidden_features,
-            num_transforms,
-            num_bins=num_bins,
-            tail_bound=tail_bound,
-            num_blocks=num_blocks,
-        )
+        if kind == "nsf":
+            layers = _nsf_layers(
+                features, context, hidden_features, num_transforms, num_bins, tail_bound, num_blocks
+            )
+        else:
+            layers = _maf_layers(
+                features, context, hidden_features, num_transforms, num_blocks, linear_start
+            )
         if conditional_affine:
-            layers.insert(0, _ConditionalAffine(features, context, hidden_features))
+            layers.insert(
+                0, _ConditionalAffine(features, context, hidden_features, linear=linear_start)
+            )
         self.flow = flows.Flow(
             transforms.CompositeTransform(layers),
             distributions.StandardNormal([features]),
@@ -334,6 +399,23 @@ class FlowEstimator(ConditionalEstimator):
     def embedding_net(self) -> nn.Module:
         """The network applied to standardized b."""
         return self.flow._embedding_net
+
+    #: Rows used for the least-squares start of ``linear_start``.
+    LINEAR_FIT_ROWS = 100_000
+
+    def standardize_from(self, a: Tensor, b: Tensor) -> None:
+        """Learn z-scoring from a ``(N, D_a)`` and b ``(N, *b_shape)``.
+
+        With ``linear_start``, also set the conditional shift to the least-squares linear fit
+        of a on the embedded b (on at most ``LINEAR_FIT_ROWS`` rows).
+        """
+        super().standardize_from(a, b)
+        first = self.flow._transform._transforms[0]
+        if isinstance(first, _ConditionalAffine) and first.linear is not None:
+            a, b = a[: self.LINEAR_FIT_ROWS], b[: self.LINEAR_FIT_ROWS]
+            with torch.no_grad():
+                context = self.embedding_net(self.b_standardizer(b))  # (N, C)
+            first.fit_linear(self.a_standardizer(a), context)
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments, for save/load."""
