@@ -391,7 +391,7 @@ def test_iid_composition_of_the_trained_model(trained_large, method):
     trials = sim.simulate(torch.tensor([[0.3, -0.2]]).expand(10, 2), np.random.default_rng(7))
     reference = sim.reference_posterior(trials, 2000, seed=1)
     torch.manual_seed(0)
-    composed = npe.estimator.sample_iid(2000, trials, sim.prior, method=method, steps=100)
+    composed = npe.estimator.sample_iid(2000, trials, sim.prior, method=method)
     assert c2st(reference, composed) <= 0.6  # issue 5 target
     # negative control: the single-trial posterior is much wider than the 10-trial one
     single = npe.sample(2000, x=trials[0], seed=0)
