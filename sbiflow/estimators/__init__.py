@@ -22,6 +22,7 @@ __all__ = [
 # A new family joins with one line here.
 _REGISTRY: dict[str, str] = {
     "cvae": "sbiflow.estimators.cvae:CVAEEstimator",
+    "ensemble": "sbiflow.estimators.ensemble:EnsembleEstimator",
     "score": "sbiflow.estimators.score:ScoreEstimator",
 }
 
