@@ -211,6 +211,34 @@ def test_shapes_and_config_round_trip():
         ScoreEstimator((2,), (3,), sde="subvp")
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"baseline": "quadratic"}, "baseline"),
+        ({"t_min": 0.0}, "t_min"),
+        ({"time_features": 7}, "even"),
+        ({"sde": "vp", "beta_min": 5.0, "beta_max": 1.0}, "beta_min < beta_max"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        ScoreEstimator((2,), (3,), **options)
+
+
+def test_bad_call_arguments_are_refused():
+    est = randomized()
+    a, b = torch.zeros(3, 2), torch.zeros(3, 3)
+    prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+    with pytest.raises(ValueError, match="a_shape must be"):
+        ScoreEstimator((2, 2), (3,))
+    with pytest.raises(ValueError, match="iid method"):
+        est.sample_iid(4, b, prior, method="product")
+    with pytest.raises(ValueError, match="divergence"):
+        est.log_prob(a, b, divergence="trace")
+    with pytest.raises(ValueError, match="sampling method"):
+        est.sample(4, b[0], method="leapfrog")
+
+
 def test_validation_loss_is_fixed_and_training_loss_is_fresh():
     est = randomized()
     a, b = torch.randn(64, 2), torch.randn(64, 3)

@@ -361,10 +361,12 @@ class ScoreEstimator(ConditionalEstimator):
         m, s = self.sde.mean_scale(t), self.sde.std(t)
         evecs = self.base_evecs
         residual = (z - m * mean) @ evecs  # (*, D) in the baseline's eigenbasis
-        base = s * (residual / (m**2 * self.base_evals + s**2)) @ evecs.T
+        std = (m**2 * self.base_evals + s**2).sqrt()  # of the diffused baseline, per direction
+        white = residual / std
+        base = s * (white / std) @ evecs.T
         # The network sees the residual whitened by the diffused baseline, and its output is
         # scaled by s / sqrt(m² + s²): at small noise it predicts a score correction.
-        white = (residual / (m**2 * self.base_evals + s**2).sqrt()) @ evecs.T
+        white = white @ evecs.T
         out = self.score_net(white, terms) * (s / (m**2 + s**2).sqrt())
         return base + out
 
