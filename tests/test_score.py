@@ -288,9 +288,11 @@ def test_hutchinson_divergence_agrees_with_the_exact_one_in_expectation():
     assert abs(float(estimates.mean() - exact)) < 4 * float(standard_error)
     # negative control: a density shifted by 0.05 nats is many standard errors away
     assert abs(float(estimates.mean() - exact - 0.05)) > 4 * float(standard_error)
-    assert torch.equal(
-        estimates[:10], est.log_prob(a[:10], b[:10], steps=20, divergence="hutchinson")
-    )
+    # The probes are seeded, so a row's estimate does not depend on the batch around it
+    # (up to float rounding: batched matmuls may sum in another order on another CPU).
+    again = est.log_prob(a[:10], b[:10], steps=20, divergence="hutchinson")
+    torch.testing.assert_close(estimates[:10], again, rtol=0.0, atol=1e-5)
+    # while a different probe would move an estimate by ~estimates.std() >> 1e-5
 
 
 # -- iid composition on exact per-trial scores ------------------------------------------
