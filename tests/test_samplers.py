@@ -95,13 +95,13 @@ def test_mcmc_result_fields(normal_run: MCMCResult) -> None:
     r = normal_run
     steps, walkers, dim = r.chain.shape
     assert r.samples.shape == (10_000, 1) and r.samples.dtype == torch.float32
-    assert dim == 1 and walkers == 2000 and r.log_prob.shape == (steps, walkers)
+    assert dim == 1 and walkers == 1000 and r.log_prob.shape == (steps, walkers)
     assert r.autocorr_time.shape == (1,) and r.converged
     # The run is as long as the rule asks: burn-in of 3 τ or more, then 10 τ and enough
     # thinned samples.
     tau = float(r.autocorr_time.max())
     assert r.burn_in >= 3 * tau and steps - r.burn_in >= 10 * tau
-    assert r.thin == max(1, int(2 * tau))
+    assert r.thin == max(1, int(tau))
     assert walkers * ((steps - r.burn_in) // r.thin) >= 10_000
     assert 0.1 < r.acceptance_fraction < 0.9
     # One batched call per half-step, plus the calls that score the starting candidates
