@@ -71,6 +71,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     progress = config.output.progress
     simulator = _resolve_simulator(config)
     x_o = _observation(config, simulator)
+    model = _model(config, simulator)  # a bad [estimator] fails here, before simulating
 
     started = time.perf_counter()
     store = config.simulation.store or None
@@ -87,7 +88,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     )
     simulated = time.perf_counter()
 
-    model = _fit(config, simulator, theta, x, progress)
+    model = _fit(config, model, theta, x, progress)
     trained = time.perf_counter()
     samples, sampler_summary = _sample(config, model, x_o, progress)
     sampled = time.perf_counter()
@@ -157,13 +158,20 @@ def run(config: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def _fit(config: RunConfig, simulator: Any, theta: torch.Tensor, x: torch.Tensor, progress: bool):
-    """Train the configured posterior (NPE) or likelihood emulator (NLE) on ``(θ, x)``."""
+def _model(config: RunConfig, simulator: Any) -> Any:
+    """The configured posterior (NPE) or likelihood emulator (NLE), not yet trained."""
     import sbiflow
 
     method = sbiflow.NLE if config.inference.method == "nle" else sbiflow.NPE
     kind = config.estimator.kind or ("maf" if config.inference.method == "nle" else "nsf")
-    model = method(simulator.prior, estimator=kind, **config.estimator.options)
+    try:
+        return method(simulator.prior, estimator=kind, **config.estimator.options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"[estimator]: {err}") from err
+
+
+def _fit(config: RunConfig, model: Any, theta: torch.Tensor, x: torch.Tensor, progress: bool):
+    """Train ``model`` on ``(θ, x)`` with the configured training options."""
     training = config.training
     return model.fit(
         theta,

@@ -12,6 +12,7 @@ __all__ = [
     "EMBEDDINGS",
     "CNNEmbedding",
     "DeepSetEmbedding",
+    "KinematicSetEmbedding",
     "MLPEmbedding",
     "PowerSpectrumEmbedding",
     "build_embedding",
@@ -270,12 +271,108 @@ class PowerSpectrumEmbedding(nn.Module):
         return self.net(torch.log(self.power(x) + 1e-12).flatten(start_dim=1))
 
 
+class KinematicSetEmbedding(nn.Module):
+    r"""Learned velocity-dispersion profiles of a padded set of stars.
+
+    Each element holds one velocity-like feature :math:`v` (zero mean by symmetry, e.g. a
+    line-of-sight velocity in the system's rest frame), covariates :math:`c` (e.g. projected
+    radius and measurement error) and the mask. If :math:`v_i` is Gaussian with a variance
+    :math:`s^2(c_i; \theta)`, the log-likelihood
+    :math:`\sum_i [-v_i^2 / (2 s^2(c_i; \theta)) - \log s(c_i; \theta)]` depends on the data
+    only through sums of :math:`v_i^2` weighted by functions of :math:`c_i`: the classic
+    binned dispersion profile of a Jeans analysis, with the bins learned. This net computes
+    ``num_profiles`` such profiles,
+
+    .. math:: S_k = \frac{\sum_i w_k(c_i)\, v_i^2}{\sum_i w_k(c_i)},
+        \qquad w_k = \mathrm{softplus}(\mathrm{MLP}(c))_k > 0,
+
+    and passes :math:`\log S_k`, the log of each profile's mean weight and
+    :math:`\log(1 + N)` through an MLP :math:`\rho`. Unlike :class:`DeepSetEmbedding`,
+    whose per-element network has to learn :math:`v^2` and its products with functions of
+    :math:`c` from the data, the structure of the likelihood is built in; only the weights
+    and :math:`\rho` are learned. Padding rows never reach the output.
+
+    Args:
+        x_shape: ``(N_max, F + 1)``: up to ``N_max`` elements of ``F >= 2`` features (the
+            velocity among them), then the mask (1 present, 0 padding).
+        out_features: Number of output features.
+        velocity_column: Index of the velocity among the ``F`` features.
+        num_profiles: Number of weighted profiles :math:`K`.
+        hidden_features: Width of the hidden layers of the weight network and :math:`\rho`.
+        num_layers: Hidden layers of each network.
+
+    Example:
+        >>> net = KinematicSetEmbedding((5, 4), out_features=3)
+        >>> x = torch.zeros(2, 5, 4)
+        >>> x[:, :3] = torch.tensor([0.5, 1.0, 2.0, 1.0])  # three stars (R, v, dv, mask)
+        >>> net(x).shape
+        torch.Size([2, 3])
+
+    References:
+        Jeans analyses of dwarf spheroidals on binned dispersion profiles, e.g. Walker et
+        al. 2009 (arXiv:0906.0341); Deep Sets (Zaheer et al., 2017), arXiv:1703.06114.
+    """
+
+    def __init__(
+        self,
+        x_shape: tuple[int, ...],
+        out_features: int = 20,
+        velocity_column: int = 1,
+        num_profiles: int = 16,
+        hidden_features: int = 64,
+        num_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(x_shape) != 2 or x_shape[1] < 3:
+            raise ValueError(
+                "A kinematic set has shape (N_max, F + 1) with a velocity and at least one "
+                f"covariate per element, got {tuple(x_shape)}."
+            )
+        features = x_shape[1] - 1
+        if not 0 <= velocity_column < features:
+            raise ValueError(
+                f"velocity_column must index one of the {features} features, got {velocity_column}."
+            )
+        self.x_shape = tuple(x_shape)
+        self.out_features = out_features
+        self.velocity_column = velocity_column
+        covariates = [i for i in range(features) if i != velocity_column]
+        self.register_buffer("covariates", torch.tensor(covariates), persistent=False)
+        self.weights = _mlp([len(covariates)] + [hidden_features] * num_layers + [num_profiles])
+        self.rho = _mlp([2 * num_profiles + 1] + [hidden_features] * num_layers + [out_features])
+        self.spec = {
+            "type": "kinematic_set",
+            "out_features": out_features,
+            "velocity_column": velocity_column,
+            "num_profiles": num_profiles,
+            "hidden_features": hidden_features,
+            "num_layers": num_layers,
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed sets ``(B, N_max, F + 1)`` into ``(B, out_features)``."""
+        present = x[..., -1] > 0.5  # (B, N)
+        count = present.sum(dim=1, keepdim=True).to(x.dtype)  # (B, 1)
+        rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(present.sum(dim=1))
+        stars = x[present]  # (M, F + 1), the present elements of the whole batch
+        weight = nn.functional.softplus(self.weights(stars[:, self.covariates])) + 1e-4  # (M, K)
+        square = stars[:, self.velocity_column, None].square()  # (M, 1)
+        total = weight.new_zeros(x.shape[0], weight.shape[1])
+        weight_sum = total.index_add(0, rows, weight)  # (B, K)
+        moment = total.index_add(0, rows, weight * square)  # (B, K)
+        n = count.clamp_min(1.0)
+        profile = torch.log(moment / weight_sum.clamp_min(1e-12) + 1e-6)
+        coverage = torch.log(weight_sum.clamp_min(1e-12) / n)
+        return self.rho(torch.cat([profile, coverage, torch.log1p(count)], dim=1))
+
+
 #: Embedding families by name (the ``type`` of a saved spec).
 EMBEDDINGS: dict[str, type[nn.Module]] = {
     "mlp": MLPEmbedding,
     "deepset": DeepSetEmbedding,
     "cnn": CNNEmbedding,
     "power_spectrum": PowerSpectrumEmbedding,
+    "kinematic_set": KinematicSetEmbedding,
 }
 
 #: Smallest side of a 2-D x read as a map (smaller ones are flattened into an MLP's input).

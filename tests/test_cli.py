@@ -130,6 +130,26 @@ def test_config_errors_name_the_bad_key(tmp_path, edit, message, capsys):
     assert "configuration error" in capsys.readouterr().err
 
 
+def test_config_sets_an_embedding_and_its_options(tmp_path, capsys):
+    import sbiflow
+
+    out = tmp_path / "out"
+    text = SMALL_RUN.format(out=out).replace(
+        "hidden_features = 16",
+        'hidden_features = 16\nembedding_net = { type = "mlp", hidden_features = 8 }',
+    )
+    assert main(["run", str(write(tmp_path, text))]) == 0
+    spec = sbiflow.load(out / "model.pt").embedding_net.spec
+    assert spec["type"] == "mlp" and spec["hidden_features"] == 8
+    # a wrong option fails before anything is simulated, with the option's name
+    bad = text.replace("hidden_features = 8 }", "width = 8 }").replace(
+        str(out), str(tmp_path / "b")
+    )
+    assert main(["run", str(write(tmp_path, bad, "bad.toml"))]) == 2
+    assert "Unknown option(s) ['width'] of the 'mlp' embedding" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "sims.zarr").exists()
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="No configuration file"):
         load_config(tmp_path / "nope.toml")

@@ -45,7 +45,8 @@ C2ST_TARGET = {"collider": 0.60, "galaxy_field": 0.60, "dwarf": 0.65}
 LEVELS = (0.5, 0.68, 0.95)
 
 # The recommended setting per simulator (docs/<simulator>.md explains each choice):
-# simulator options, an embedding factory (None: NPE's automatic choice), a budget and,
+# simulator options, an embedding (a class, or a name or spec dict as NPE takes it; None:
+# NPE's automatic choice), a budget and,
 # optionally, the estimator family ("estimator", default "nsf"), its options
 # ("estimator_options") and training options ("training").
 SETUPS: dict[str, dict[str, Any]] = {
@@ -93,7 +94,8 @@ def main() -> None:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         factory = setup.get("embedding")
         torch.manual_seed(args.seed)  # the embedding's initial weights
-        embedding = factory(tuple(x.shape[1:])) if factory else "auto"
+        # a class (built here) or a name / spec dict as NPE takes them (built in fit)
+        embedding = factory(tuple(x.shape[1:])) if isinstance(factory, type) else factory or "auto"
         start, fit_cpu = time.perf_counter(), time.process_time()
         npe = sbiflow.NPE(sim.prior, kind, embedding_net=embedding, **estimator_options)
         npe.fit(theta, x, seed=args.seed, progress=False, **setup.get("training", {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -34,8 +35,10 @@ class NeuralInference:
             picks one from the training simulations (a DeepSet for padded sets with a mask
             column, a CNN for maps, none for vectors); the name of one of
             ``sbiflow.embeddings`` (``"mlp"``, ``"deepset"``, ``"cnn"``,
-            ``"power_spectrum"``): that one with its defaults, built for the shape of x at
-            ``fit`` (so a config file can choose it); ``None``: none, x is flattened.
+            ``"power_spectrum"``, ``"kinematic_set"``): that one with its defaults, built for
+            the shape of x at ``fit`` (so a config file can choose it); a dict
+            ``{"type": name, **options}``: that one with these options (e.g.
+            ``{"type": "deepset", "hidden_features": 32}``); ``None``: none, x is flattened.
         device: Torch device for training and sampling.
         **estimator_options: Passed to the estimator (e.g. ``hidden_features=64``).
     """
@@ -44,15 +47,11 @@ class NeuralInference:
         self,
         prior: Distribution,
         estimator: str = "nsf",
-        embedding_net: nn.Module | str | None = "auto",
+        embedding_net: nn.Module | str | dict[str, Any] | None = "auto",
         device: str = "cpu",
         **estimator_options: Any,
     ) -> None:
-        if isinstance(embedding_net, str) and embedding_net not in ("auto", *EMBEDDINGS):
-            raise ValueError(
-                f'embedding_net must be a torch module, "auto", one of {sorted(EMBEDDINGS)} '
-                f"or None, got {embedding_net!r}."
-            )
+        self.embedding_spec = _embedding_spec(embedding_net)
         if not isinstance(prior, Distribution):
             raise TypeError(
                 f"prior must be a torch.distributions.Distribution, got {type(prior).__name__}."
@@ -64,8 +63,7 @@ class NeuralInference:
         self.estimator_kind = estimator
         self.estimator_options = estimator_options
         self.embedding_net: nn.Module | None = None
-        self.auto_embedding = embedding_net == "auto"
-        self.embedding_name = embedding_net if embedding_net in EMBEDDINGS else None
+        self.auto_embedding = isinstance(embedding_net, str) and embedding_net == "auto"
         if isinstance(embedding_net, nn.Module):
             self.embedding_net = embedding_net
         self.device = torch.device(device)
@@ -152,9 +150,8 @@ class NeuralInference:
                 torch.manual_seed(seed)
             if self.auto_embedding:
                 self.embedding_net = self._default_embedding(b)
-            elif self.embedding_name is not None:
-                spec = {"type": self.embedding_name}
-                self.embedding_net = build_embedding(spec, tuple(b.shape[1:]))
+            elif self.embedding_spec is not None:
+                self.embedding_net = build_embedding(self.embedding_spec, tuple(b.shape[1:]))
             self.estimator = self._build_estimator(tuple(a.shape[1:]), tuple(b.shape[1:]))
             options = {**self.estimator.training_defaults, **training_options}
             config = TrainingConfig(seed=seed, progress=progress, **options)
@@ -287,3 +284,27 @@ class NeuralInference:
             wall_time=float(history.get("wall_time", 0.0)),
         )
         return obj
+
+
+def _embedding_spec(embedding_net: object) -> dict[str, Any] | None:
+    """The spec of a named embedding (``"deepset"`` or ``{"type": "deepset", ...}``), checked.
+
+    None for ``"auto"``, ``None`` and a torch module (which are not built from a spec).
+    """
+    if embedding_net is None or isinstance(embedding_net, nn.Module) or embedding_net == "auto":
+        return None
+    spec = {"type": embedding_net} if isinstance(embedding_net, str) else embedding_net
+    if not isinstance(spec, dict) or spec.get("type") not in EMBEDDINGS:
+        raise ValueError(
+            f'embedding_net must be a torch module, "auto", one of {sorted(EMBEDDINGS)}, a dict '
+            f'{{"type": name, **options}} naming one of them, or None; got {embedding_net!r}.'
+        )
+    options = dict(spec)
+    kind = options.pop("type")
+    known = set(inspect.signature(EMBEDDINGS[kind]).parameters) - {"x_shape"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} of the {kind!r} embedding; it takes {sorted(known)}."
+        )
+    return dict(spec)

@@ -70,7 +70,7 @@ class NLE(NeuralInference):
         self,
         prior: Distribution,
         estimator: str = "maf",
-        embedding_net: nn.Module | str | None = "auto",
+        embedding_net: nn.Module | str | dict[str, Any] | None = "auto",
         device: str = "cpu",
         **estimator_options: Any,
     ) -> None:
