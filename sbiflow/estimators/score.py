@@ -478,12 +478,25 @@ class ScoreEstimator(ConditionalEstimator):
             steps: Sampler steps (default: ``sample_steps``).
         """
         context = self._context(b.reshape(1, *self.b_shape))
-        score_fn = self._score_fn(context)
+        return self._sample_chunks(self._score_fn(context), n, method, steps, context[1])
+
+    def _sample_chunks(
+        self,
+        score_fn: ScoreFn,
+        n: int,
+        method: str | None,
+        steps: int | None,
+        start_mean: Tensor,
+    ) -> Tensor:
+        """``n`` draws of the reverse process, ``_CHUNK`` at a time → ``(n, D)``, original units.
+
+        ``start_mean`` ``(1, D)`` is the baseline mean the terminal noise is centred on.
+        """
         chunks = [
-            self._run_sampler(score_fn, min(_CHUNK, n - start), method, steps, context[1])
+            self._run_sampler(score_fn, min(_CHUNK, n - start), method, steps, start_mean)
             for start in range(0, n, _CHUNK)
         ]
-        z = torch.cat(chunks) if chunks else b.new_zeros(0, self.features)
+        z = torch.cat(chunks) if chunks else start_mean.new_zeros(0, self.features)
         return self.a_standardizer.inverse(z)
 
     @torch.no_grad()
@@ -556,11 +569,7 @@ class ScoreEstimator(ConditionalEstimator):
             precisions = precisions_from_draws(draws.view(k, covariance_samples, -1))
             score_fn = gauss_score(trial_scores, precisions, prior_z, self.sde)
         start_mean = context[1].mean(dim=0, keepdim=True)  # (1, D)
-        chunks = [
-            self._run_sampler(score_fn, min(_CHUNK, n - start), sampler, steps, start_mean)
-            for start in range(0, n, _CHUNK)
-        ]
-        return self.a_standardizer.inverse(torch.cat(chunks))
+        return self._sample_chunks(score_fn, n, sampler, steps, start_mean)
 
     def _trial_scores(self, z: Tensor, t: Tensor, context: Context) -> Tensor:
         """Per-trial scores: z ``(N, D)``, context of k trials → ``(k, N, D)``."""
