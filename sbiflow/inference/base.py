@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from sbiflow.embeddings import EMBEDDINGS, build_embedding, embedding_spec
-from sbiflow.estimators import ESTIMATORS, FLOW_KINDS, ConditionalEstimator, build_estimator
+from sbiflow.estimators import ESTIMATORS, ConditionalEstimator, build_estimator
 from sbiflow.priors import in_support, prior_dim, validate_theta
 from sbiflow.training import TrainingConfig, TrainingHistory, train
 
@@ -262,18 +262,20 @@ class NeuralInference:
             )
         if embedding_net is None and state["embedding"] is not None:
             embedding_net = build_embedding(state["embedding"], tuple(b_shape))
-        options = dict(state["estimator_options"])
-        if state["estimator_kind"] in FLOW_KINDS:
-            options.setdefault("conditional_affine", False)  # files from before the option
         obj = cls(
             prior,
             estimator=state["estimator_kind"],
             embedding_net=embedding_net,
             device=device,
-            **options,
+            **state["estimator_options"],
         )
         obj.x_shape = tuple(state["x_shape"])
-        obj.estimator = obj._build_estimator(a_shape, b_shape)
+        # The estimator as saved: its config holds its constructor arguments, and an option
+        # a file predates takes the estimator's own default, the behaviour it was trained
+        # with (not the method's default of today, which fills in estimator_options).
+        obj.estimator = build_estimator(
+            state["estimator_kind"], a_shape, b_shape, embedding_net=embedding_net, **config
+        )
         obj.estimator.load_state_dict(state["state_dict"])
         obj.estimator.to(obj.device).eval()
         history = state.get("history", {})

@@ -80,21 +80,6 @@ class NLE(NeuralInference):
             estimator_options.setdefault("linear_start", True)
         super().__init__(prior, estimator, embedding_net, device, **estimator_options)
 
-    @classmethod
-    def from_state(
-        cls,
-        state: dict[str, Any],
-        prior: Distribution,
-        embedding_net: nn.Module | None = None,
-        device: str = "cpu",
-    ) -> NLE:
-        """Rebuild a trained NLE from :meth:`state` (files from before ``linear_start`` too)."""
-        if state["estimator_kind"] in FLOW_KINDS:
-            options = dict(state["estimator_options"])
-            options.setdefault("linear_start", state["estimator_config"].get("linear_start", False))
-            state = {**state, "estimator_options": options}
-        return super().from_state(state, prior, embedding_net=embedding_net, device=device)
-
     def _roles(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return x.flatten(start_dim=1), theta
 
