@@ -94,8 +94,21 @@ def c2st_scores(
     return scores
 
 
-def report(header: list[str], rows: list[list[str]], out: str | None, args, runs: list) -> None:
-    """Print the markdown table and write the JSON results (if ``out``)."""
-    print()
-    print(markdown_table(header, rows))
+Table = tuple[list[str], list[list[str]]]
+
+
+def report(
+    header: list[str],
+    rows: list[list[str]],
+    out: str | None,
+    args,
+    runs: list,
+    more: list[Table] = (),
+) -> None:
+    """Print the markdown table (and any ``more`` tables, header and rows each, that have
+    rows) and write the JSON results (if ``out``)."""
+    for head, body in [(header, rows), *more]:
+        if body:
+            print()
+            print(markdown_table(head, body))
     write_json(out, {"machine": machine(), "args": vars(args), "results": runs})

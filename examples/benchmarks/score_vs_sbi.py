@@ -39,10 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
     machine,
-    markdown_table,
     reference_samples,
+    report,
     timed,
-    write_json,
 )
 from cvae_accuracy import run_cvae  # noqa: E402
 
@@ -158,16 +157,16 @@ def main() -> None:
                 num_samples=n,
             )
         score_jobs(jobs, scores)
-        report(runs, scores, args)
+        report_runs(runs, scores, args)
         if task == "gaussian_linear":
             run["log_prob_mae"] = log_prob_errors(sim, ours, args)
-            report(runs, scores, args)
+            report_runs(runs, scores, args)
             if not args.no_iid:
                 run["iid_seconds"] = {}
                 for obs in range(1, args.observations + 1):
                     jobs = iid_jobs(sim, ours, sbi_posterior, args, obs, run["iid_seconds"])
                     score_jobs(jobs, scores)
-                    report(runs, scores, args)
+                    report_runs(runs, scores, args)
 
 
 def score_jobs(jobs, scores) -> None:
@@ -215,7 +214,7 @@ def iid_jobs(sim, ours, sbi_posterior, args, obs, seconds) -> list:
     return jobs
 
 
-def report(runs, scores, args) -> None:
+def report_runs(runs, scores, args) -> None:
     rows = []
     for run in runs:
         task = run["task"]
@@ -243,8 +242,6 @@ def report(runs, scores, args) -> None:
         "time ratio",
         "targets met",
     ]
-    print()
-    print(markdown_table(header, rows))
     extra = []
     for run in runs:
         if "log_prob_mae" in run:
@@ -272,14 +269,9 @@ def report(runs, scores, args) -> None:
         for run in runs
         if "cvae" in run
     ]
-    if cvae_rows:
-        header = ["task", "cVAE C2ST obs 1..K", "cVAE log_prob error", "fit + sample s", "met"]
-        print()
-        print(markdown_table(header, cvae_rows))
-    if extra:
-        print()
-        print(markdown_table(["gaussian_linear, observations 1..K", "value"], extra))
-    write_json(args.out, {"machine": machine(), "args": vars(args), "results": runs})
+    cvae_header = ["task", "cVAE C2ST obs 1..K", "cVAE log_prob error", "fit + sample s", "met"]
+    extra_header = ["gaussian_linear, observations 1..K", "value"]
+    report(header, rows, args.out, args, runs, [(cvae_header, cvae_rows), (extra_header, extra)])
 
 
 if __name__ == "__main__":
