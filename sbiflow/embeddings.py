@@ -22,6 +22,14 @@ __all__ = [
 ]
 
 
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1], strict=True):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
 class MLPEmbedding(nn.Module):
     """A fully connected network on the flattened observation.
 
@@ -48,12 +56,7 @@ class MLPEmbedding(nn.Module):
         self.x_shape = tuple(x_shape)
         self.out_features = out_features
         in_features = math.prod(self.x_shape)
-        layers: list[nn.Module] = []
-        for _ in range(num_layers):
-            layers += [nn.Linear(in_features, hidden_features), nn.ReLU()]
-            in_features = hidden_features
-        layers.append(nn.Linear(in_features, out_features))
-        self.net = nn.Sequential(*layers)
+        self.net = _mlp([in_features] + [hidden_features] * num_layers + [out_features])
         self.spec = {
             "type": "mlp",
             "out_features": out_features,
@@ -64,14 +67,6 @@ class MLPEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Embed ``x`` of shape ``(B, *x_shape)`` into ``(B, out_features)``."""
         return self.net(x.flatten(start_dim=1))
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-2], sizes[1:-1], strict=True):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-    layers.append(nn.Linear(sizes[-2], sizes[-1]))
-    return nn.Sequential(*layers)
 
 
 class DeepSetEmbedding(nn.Module):
@@ -250,9 +245,9 @@ class PowerSpectrumEmbedding(nn.Module):
         binning = (weight.flatten()[:, None] * onehot)[:, 1:]  # (H (W//2 + 1), S)
         self.register_buffer("binning", binning / binning.sum(dim=0), persistent=False)
         self.channels, self.pixels = channels, height * width
-        self.net = _mlp([channels * self.num_shells] + [hidden_features] * num_layers)
-        self.net.append(nn.ReLU())
-        self.net.append(nn.Linear(hidden_features, out_features))
+        self.net = _mlp(
+            [channels * self.num_shells] + [hidden_features] * num_layers + [out_features]
+        )
         self.spec = {
             "type": "power_spectrum",
             "out_features": out_features,
