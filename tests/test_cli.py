@@ -155,10 +155,22 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("name", ["two_moons", "two_moons_score", "gaussian_linear_nle"])
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "examples/configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_example_config_is_valid(name):
+    from sbiflow.cli import _model, _resolve_simulator
+
     config = load_config(Path(__file__).parents[1] / f"examples/configs/{name}.toml")
     assert name.startswith(config.simulator.name) and config.observation.index == 1
+    # its simulator resolves and its [estimator] builds (embedding spec and all)
+    model = _model(config, _resolve_simulator(config))
+    assert model.estimator_kind == (config.estimator.kind or model.estimator_kind)
+
+
+def test_every_physics_config_ships():
+    assert {"collider", "galaxy_field", "dwarf"} <= set(SHIPPED)
 
 
 def test_nle_run_samples_with_emcee_and_reports_the_evidence(tmp_path):
