@@ -120,3 +120,22 @@ def test_calibration_and_predictive_plots_are_written(test_set, tmp_path):
     predictive_plot(check, path=tmp_path / "predictive.png")
     for name in ("coverage.png", "ranks.png", "predictive.png"):
         assert (tmp_path / name).stat().st_size > 5_000
+
+
+def test_calibration_over_test_simulations_does_not_warn_about_the_training_range(quick_npe):
+    import warnings
+
+    theta = torch.zeros(4, 2)
+    standardizer = quick_npe.estimator.b_standardizer
+    x = (standardizer.high + 0.5 * standardizer.std).expand(4, -1)  # just past the training range
+    # negative control: for the user's own observation the warning is given
+    with pytest.warns(UserWarning, match="outside the range of the training simulations"):
+        quick_npe.sample(10, x=x[0], seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expected_coverage(quick_npe, theta, x, num_posterior_samples=20, progress=False)
+        sbc(quick_npe, theta, x, num_posterior_samples=20, progress=False)
+    assert not [w for w in caught if "training simulations" in str(w.message)]
+    # and the filter is gone afterwards
+    with pytest.warns(UserWarning, match="outside the range of the training simulations"):
+        quick_npe.sample(10, x=x[0], seed=0)
