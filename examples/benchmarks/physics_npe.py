@@ -46,9 +46,8 @@ LEVELS = (0.5, 0.68, 0.95)
 
 # The recommended setting per simulator (docs/<simulator>.md explains each choice):
 # simulator options, an embedding (a class, or a name or spec dict as NPE takes it; None:
-# NPE's automatic choice), a budget and,
-# optionally, the estimator family ("estimator", default "nsf"), its options
-# ("estimator_options") and training options ("training").
+# NPE's automatic choice), a budget and, optionally, the estimator family ("estimator",
+# default "nsf"), its options ("estimator_options") and training options ("training").
 SETUPS: dict[str, dict[str, Any]] = {
     # an ensemble of 3 NSFs: coverage 0.45 / 0.65 / 0.96 where one NSF was 0.44 at 50%
     "collider": {

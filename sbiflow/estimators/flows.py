@@ -62,6 +62,10 @@ class _LULinear(transforms.LULinear):
         return torch.linalg.solve_triangular(upper, lower_inv, upper=True)
 
 
+#: Added to a 1-D context transform's scale parameter: softplus(0 + 0.5413) ≈ 1.
+_SCALE_OFFSET = 0.5413
+
+
 class _ContextTransform(transforms.Transform):
     """A 1-D bijection whose parameters depend on the context only.
 
@@ -108,7 +112,7 @@ class _ContextTransform(transforms.Transform):
                 tail_bound=self.tail_bound,
             )
             return outputs, logabsdet.sum(dim=-1)
-        shift, scale = params[:, :1], F.softplus(params[:, 1:] + 0.5413) + 1e-3  # scale ≈ 1 at 0
+        shift, scale = params[:, :1], F.softplus(params[:, 1:] + _SCALE_OFFSET) + 1e-3  # ≈ 1 at 0
         if inverse:
             return (inputs - shift) / scale, -scale.log().sum(dim=-1)
         return inputs * scale + shift, scale.log().sum(dim=-1)
@@ -286,8 +290,8 @@ def _maf_layers(
         ]
         for layer in layers_1d if identity else ():
             nn.init.zeros_(layer.net[-1].weight)
-            with torch.no_grad():  # (shift, scale) = (0, 1); the layer adds 0.5413 to u
-                layer.net[-1].bias.copy_(torch.tensor([0.0, _UNIT_SCALE - 0.5413]))
+            with torch.no_grad():  # (shift, scale) = (0, 1); the layer adds _SCALE_OFFSET to u
+                layer.net[-1].bias.copy_(torch.tensor([0.0, _UNIT_SCALE - _SCALE_OFFSET]))
         return layers_1d
     layers: list[transforms.Transform] = []
     for _i in range(num_transforms):

@@ -366,8 +366,7 @@ class ScoreEstimator(ConditionalEstimator):
         base = s * (white / std) @ evecs.T
         # The network sees the residual whitened by the diffused baseline, and its output is
         # scaled by s / sqrt(m² + s²): at small noise it predicts a score correction.
-        white = white @ evecs.T
-        out = self.score_net(white, terms) * (s / (m**2 + s**2).sqrt())
+        out = self.score_net(white @ evecs.T, terms) * (s / (m**2 + s**2).sqrt())
         return base + out
 
     def _score_fn(self, context: Context) -> ScoreFn:
