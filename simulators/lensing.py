@@ -127,6 +127,7 @@ class LensSystem:
         :math:`\alpha_{x'} = \theta_E \sqrt{q} / e \, \arctan(e x' / \Psi)`,
         :math:`\alpha_{y'} = \theta_E \sqrt{q} / e \, \operatorname{artanh}(e y' / \Psi)`;
         for :math:`q = 1` the SIS, :math:`\theta_E (x, y) / r`. At the centre it is 0.
+        The shear adds :math:`(\gamma_1 x + \gamma_2 y, \gamma_2 x - \gamma_1 y)`.
 
         Args:
             x: Image-plane x in arcsec, any shape.
@@ -181,7 +182,7 @@ class LensSystem:
             :math:`\kappa`, the broadcast shape, float64.
         """
         _, _, xp, yp = self._lens_frame(x, y)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             return self.theta_e / (2.0 * np.sqrt(self.q * xp * xp + yp * yp / self.q))
 
     def ray_trace(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -582,7 +583,7 @@ def observe(
     return (y + sigma * torch.as_tensor(noise, dtype=a.dtype)).reshape(*batch, m)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare fields, not problems
 class LensingProblem:
     r"""One lensing inverse problem; unpacks as ``lens, A, source, y, noise_std``.
 
