@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from sbiflow.comparison.model_comparison import ModelComparison
 from sbiflow.inference.base import NeuralInference
 from sbiflow.inference.nle import NLE
 from sbiflow.inference.npe import NPE
@@ -21,14 +22,14 @@ __all__ = ["ModelFileError", "load", "save"]
 FORMAT = "sbiflow"
 #: 2: NSF layers as ``sbiflow.estimators.coupling`` (one context projection for all layers).
 FORMAT_VERSION = 2
-_CLASSES: dict[str, type[NeuralInference]] = {"NLE": NLE, "NPE": NPE}
+_CLASSES: dict[str, type] = {"NLE": NLE, "NPE": NPE, "ModelComparison": ModelComparison}
 
 
 class ModelFileError(ValueError):
     """A file is not a readable sbiflow model (corrupted, truncated or foreign)."""
 
 
-def save(model: NeuralInference, path: str | os.PathLike) -> None:
+def save(model: NeuralInference | ModelComparison, path: str | os.PathLike) -> None:
     """Write a trained model to ``path``: weights, configuration, standardization, prior.
 
     The file loads with ``torch.load(weights_only=True)``: it holds tensors and plain types
@@ -36,7 +37,7 @@ def save(model: NeuralInference, path: str | os.PathLike) -> None:
     normal) are stored; any other prior must be passed again to :func:`load`.
 
     Args:
-        model: A trained NPE (or NLE).
+        model: A trained NPE, NLE or ModelComparison.
         path: Output file, e.g. ``"npe.pt"``.
     """
     name = type(model).__name__
@@ -49,7 +50,8 @@ def save(model: NeuralInference, path: str | os.PathLike) -> None:
         "format_version": FORMAT_VERSION,
         "sbiflow_version": __version__,
         "class": name,
-        "prior": prior_to_spec(model.prior),
+        # a model comparison has one prior per model, none needed after training
+        "prior": prior_to_spec(model.prior) if isinstance(model, NeuralInference) else None,
         "model": model.state(),
     }
     torch.save(payload, os.fspath(path))
@@ -61,7 +63,7 @@ def load(
     prior: Distribution | None = None,
     embedding_net: nn.Module | None = None,
     device: str = "cpu",
-) -> NeuralInference:
+) -> NeuralInference | ModelComparison:
     """Load a model written by :func:`save`.
 
     Args:
@@ -105,7 +107,7 @@ def load(
     cls = _CLASSES.get(payload.get("class", ""))
     if cls is None:
         raise ModelFileError(f"{path!r} holds an unknown model class {payload.get('class')!r}.")
-    if prior is None:
+    if prior is None and cls is not ModelComparison:
         if payload.get("prior") is None:
             raise ValueError(
                 f"{path!r} was saved with a prior of a type sbiflow cannot store: pass it, "

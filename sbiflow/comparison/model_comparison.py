@@ -1,0 +1,427 @@
+r"""Amortized Bayesian model comparison: a classifier over models, trained on simulations.
+
+A classifier trained on simulations from models :math:`M_1 \dots M_K` drawn with
+frequencies :math:`\pi_{\rm train}(m)` learns :math:`p_{\rm train}(m \mid x) \propto
+\pi_{\rm train}(m)\, p(x \mid m)` under a proper scoring rule. Its scores minus
+:math:`\log \pi_{\rm train}(m)` are therefore :math:`\log p(x \mid m)` up to one constant
+per x: their differences are log Bayes factors, whatever the training mix, and posterior
+model probabilities for any prior follow by adding :math:`\log \pi(m)` and normalizing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sbiflow.comparison.calibration import Calibration, calibration_figure, reliability
+from sbiflow.comparison.data import check_simulations, model_prior, simulate_models
+from sbiflow.comparison.losses import LOSSES
+from sbiflow.comparison.misspecification import Misspecification, SummaryReference
+from sbiflow.comparison.network import ComparisonNetwork, check_embedding, member_embeddings
+from sbiflow.embeddings import embedding_spec
+from sbiflow.inference.base import NotFittedError
+from sbiflow.training import TrainingConfig, TrainingHistory, threads_for, train
+
+__all__ = ["ModelComparison"]
+
+#: Rows per forward pass at prediction time (bounds the memory of a large batch).
+CHUNK = 4096
+# Tags that keep the simulations of fit and calibration apart for the same seed.
+_FIT, _CALIBRATION = 0, 1
+
+
+class ModelComparison:
+    r"""Posterior model probabilities and Bayes factors from a classifier over models.
+
+    The models may have different parameters; only the shape of x must agree. The
+    classifier sees standardized x through the same embeddings as NPE (DeepSet for padded
+    sets, CNN for maps, none for vectors) and an MLP head; ``ensemble=K`` trains ``K``
+    independently initialized members in one batched pass, so each log Bayes factor gets a
+    mean and a spread.
+
+    Args:
+        simulators: ``{name: simulator}`` (objects with ``prior`` and ``simulate(theta,
+            rng)``, as for :func:`sbiflow.simulate`), at least two; or just the model names,
+            if you bring your own simulations to :meth:`fit`.
+        prior_probs: Prior model probabilities, ``{name: p}`` or a sequence in model order
+            (normalized); ``None``: equal. They change :meth:`probabilities`, never
+            :meth:`log_bayes_factor`.
+        embedding_net: ``"auto"`` (as NPE), the name of one of ``sbiflow.embeddings``, a dict
+            ``{"type": name, **options}``, a torch module, or ``None`` (x flattened).
+        loss: ``"cross_entropy"`` (default) or ``"exponential"`` (the l-POP exponential
+            loss of Evidence Networks, two models only; for decisive Bayes factors).
+        ensemble: Number of members ``K``.
+        hidden_features: Width of the head's hidden layers.
+        num_layers: Hidden layers of the head.
+        device: Torch device.
+
+    Example:
+        >>> from sbiflow.comparison.analytic import prior_widths
+        >>> models = prior_widths(dim=3, widths=(1.0, 2.0))
+        >>> mc = ModelComparison(models).fit(1000, max_epochs=2, progress=False)
+        >>> sorted(mc.probabilities(torch.zeros(3)))
+        ['width_1', 'width_2']
+        >>> mc.log_bayes_factor(torch.zeros(5, 3), "width_2", "width_1").shape
+        torch.Size([5])
+
+    References:
+        Amortized Bayesian model comparison with evidential deep learning (Radev et al.,
+        2021), arXiv:2004.10629; Evidence Networks (Jeffrey & Wandelt, 2024),
+        arXiv:2305.11241.
+    """
+
+    def __init__(
+        self,
+        simulators: dict[str, Any] | Sequence[str],
+        prior_probs: dict[str, float] | Sequence[float] | None = None,
+        embedding_net: nn.Module | str | dict[str, Any] | None = "auto",
+        loss: str = "cross_entropy",
+        ensemble: int = 1,
+        hidden_features: int = 128,
+        num_layers: int = 3,
+        device: str = "cpu",
+    ) -> None:
+        if isinstance(simulators, dict):
+            self.names, self.simulators = [str(n) for n in simulators], dict(simulators)
+        else:
+            self.names, self.simulators = [str(n) for n in simulators], None
+        if len(self.names) < 2 or len(set(self.names)) != len(self.names):
+            raise ValueError(
+                f"Model comparison needs at least two models with distinct names, got {self.names}."
+            )
+        if loss not in LOSSES:
+            raise ValueError(f"Unknown loss {loss!r}; choose one of {sorted(LOSSES)}.")
+        if loss == "exponential" and len(self.names) != 2:
+            raise ValueError(
+                f'loss="exponential" compares two models, got {len(self.names)}: use '
+                '"cross_entropy" for more.'
+            )
+        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+            raise ValueError(f"ensemble must be a positive int, got {ensemble!r}.")
+        self.prior_probs = model_prior(self.names, prior_probs)
+        check_embedding(embedding_net)
+        self.embedding_net = embedding_net
+        self.loss, self.ensemble = loss, ensemble
+        self.hidden_features, self.num_layers = hidden_features, num_layers
+        self.device = torch.device(device)
+        self.network: ComparisonNetwork | None = None
+        self.reference: SummaryReference | None = None
+        self.x_shape: tuple[int, ...] | None = None
+        self.history = TrainingHistory()
+
+    # -- training ----------------------------------------------------------------------
+    def _simulators(self) -> dict[str, Any]:
+        if self.simulators is None:
+            raise ValueError(
+                "This ModelComparison has model names but no simulators: pass your "
+                "simulations, x={name: (N, *x_shape)}, or set .simulators = {name: simulator}."
+            )
+        return self.simulators
+
+    def fit(
+        self,
+        n_per_model: int | None = None,
+        *,
+        x: dict[str, Tensor] | None = None,
+        seed: int = 0,
+        workers: int = 1,
+        n_reference: int = 1000,
+        progress: bool = True,
+        **training_options: Any,
+    ) -> ModelComparison:
+        """Simulate each model (or take ``x``) and train the classifier.
+
+        ``n_reference`` simulations of each model (at most a fifth) are held out of training
+        for the misspecification check.
+
+        Args:
+            n_per_model: Simulations per model, through :func:`sbiflow.simulate` (model
+                ``i`` with its own seed derived from ``seed``).
+            x: Instead, your own simulations ``{name: (N_m, *x_shape)}`` (e.g. shared with
+                another method); rows with NaN/inf are left out with a warning.
+            seed: Seed of simulations, weights, split and batch order.
+            workers: Processes for the simulations.
+            n_reference: Held-out simulations per model for :meth:`misspecification`.
+            progress: Show progress bars.
+            **training_options: Fields of ``sbiflow.training.TrainingConfig``
+                (``batch_size``, ``learning_rate``, ``max_epochs``, ...).
+
+        Returns:
+            ``self``, trained; ``self.history`` holds the losses.
+        """
+        TrainingConfig(seed=seed, progress=progress, **training_options)  # fail early on typos
+        if (x is None) == (n_per_model is None):
+            raise ValueError("Pass either n_per_model (to simulate) or x (your simulations).")
+        if x is None:
+            x = simulate_models(self._simulators(), n_per_model, seed, _FIT, workers, progress)
+        xs = check_simulations(x, self.names)
+        self.x_shape = tuple(next(iter(xs.values())).shape[1:])
+        generator = torch.Generator().manual_seed(seed)
+        train_x, held_out = [], {}
+        for name, xm in xs.items():
+            perm = torch.randperm(xm.shape[0], generator=generator)
+            n_ref = min(n_reference, xm.shape[0] // 5)
+            held_out[name], xm = xm[perm[:n_ref]], xm[perm[n_ref:]]
+            train_x.append(xm)
+        counts = torch.tensor([float(xm.shape[0]) for xm in train_x])
+        labels = torch.cat([torch.full((len(xm),), m) for m, xm in enumerate(train_x)])
+        data = torch.cat(train_x)
+        config = TrainingConfig(seed=seed, progress=progress, **training_options)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            network = ComparisonNetwork(
+                self.x_shape,
+                len(self.names),
+                loss=self.loss,
+                embeddings=member_embeddings(self.embedding_net, data, self.ensemble),
+                members=self.ensemble,
+                hidden_features=self.hidden_features,
+                num_layers=self.num_layers,
+            )
+            network.standardizer.fit(data)
+            network.log_train_prior.copy_((counts / counts.sum()).log())
+            network.to(self.device)
+            self.history = train(network, labels.to(self.device), data.to(self.device), config)
+        self.network = network.eval()
+        self.reference = SummaryReference({n: self._summaries(h) for n, h in held_out.items()})
+        return self
+
+    # -- prediction --------------------------------------------------------------------
+    def _trained(self) -> ComparisonNetwork:
+        if self.network is None:
+            raise NotFittedError(
+                "This ModelComparison is not trained yet: call .fit(n_per_model) (or "
+                ".fit(x={name: simulations})) or sbiflow.load(path) first."
+            )
+        return self.network
+
+    def _observations(self, x: Tensor) -> tuple[Tensor, bool]:
+        """The observations as a batch ``(N, *x_shape)``, and whether x was one observation."""
+        self._trained()
+        assert self.x_shape is not None
+        x = torch.as_tensor(x, dtype=torch.float32)
+        single = tuple(x.shape) == self.x_shape
+        if single:
+            x = x.unsqueeze(0)
+        elif x.ndim != len(self.x_shape) + 1 or tuple(x.shape[1:]) != self.x_shape:
+            raise ValueError(
+                f"x must be one observation shaped like one simulation, {self.x_shape}, or a "
+                f"batch (N, *{self.x_shape}); got {tuple(x.shape)}."
+            )
+        bad = ~torch.isfinite(x.flatten(start_dim=1)).all(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten().tolist()[:10]
+            raise ValueError(f"x holds NaN or inf (observations {rows}).")
+        return x, single
+
+    @torch.no_grad()
+    def _log_evidences(self, x: Tensor) -> Tensor:
+        """Members' log p(x | m) up to a constant per x: ``(K, N, M)`` for x ``(N, *x_shape)``."""
+        network = self._trained()
+        out = []
+        with threads_for(network):
+            for start in range(0, x.shape[0], CHUNK):
+                out.append(network(x[start : start + CHUNK].to(self.device)).cpu())
+        return torch.cat(out, dim=1).double() - network.log_train_prior.cpu().double()
+
+    @torch.no_grad()
+    def _summaries(self, x: Tensor) -> Tensor:
+        """The first member's last hidden layer ``(N, H)``: the misspecification space."""
+        network = self._trained()
+        with threads_for(network):
+            return torch.cat(
+                [
+                    network.features(x[s : s + CHUNK].to(self.device))[0].cpu()
+                    for s in range(0, x.shape[0], CHUNK)
+                ]
+            )
+
+    def _index(self, name: str) -> int:
+        if name not in self.names:
+            raise ValueError(f"Unknown model {name!r}; the models are {self.names}.")
+        return self.names.index(name)
+
+    def probabilities(self, x: Tensor) -> dict[str, float | Tensor]:
+        """Posterior model probabilities under ``prior_probs``.
+
+        The ensemble's prediction averages the members' log evidences.
+
+        Args:
+            x: One observation ``x_shape`` or a batch ``(N, *x_shape)``.
+
+        Returns:
+            ``{name: p}``: floats for one observation, ``(N,)`` tensors for a batch; they sum
+            to 1 over the models.
+        """
+        batch, single = self._observations(x)
+        log_z = self._log_evidences(batch).mean(dim=0)  # (N, M)
+        p = torch.softmax(log_z + self.prior_probs.log(), dim=1).float()
+        return {n: float(p[0, m]) if single else p[:, m] for m, n in enumerate(self.names)}
+
+    def log_bayes_factor(
+        self, x: Tensor, a: str, b: str, *, return_std: bool = False
+    ) -> float | Tensor | tuple[float | Tensor, float | Tensor]:
+        r"""The log Bayes factor :math:`\log K_{ab} = \log p(x \mid a) - \log p(x \mid b)`.
+
+        Independent of ``prior_probs`` and of the training mix.
+
+        Args:
+            x: One observation ``x_shape`` or a batch ``(N, *x_shape)``.
+            a: Model in the numerator.
+            b: Model in the denominator.
+            return_std: Also return the standard deviation over ensemble members (needs
+                ``ensemble >= 2``).
+
+        Returns:
+            The ensemble mean: a float for one observation, ``(N,)`` for a batch; with
+            ``return_std``, ``(mean, std)``.
+        """
+        ia, ib = self._index(a), self._index(b)
+        if return_std and self.ensemble < 2:
+            raise ValueError("return_std needs an ensemble: ModelComparison(..., ensemble=5).")
+        batch, single = self._observations(x)
+        log_z = self._log_evidences(batch)
+        members = (log_z[..., ia] - log_z[..., ib]).float()  # (K, N)
+        mean = members.mean(dim=0)
+        if not return_std:
+            return float(mean[0]) if single else mean
+        std = members.std(dim=0)
+        return (float(mean[0]), float(std[0])) if single else (mean, std)
+
+    # -- checks ------------------------------------------------------------------------
+    def calibration(
+        self,
+        n: int = 2000,
+        *,
+        seed: int = 1,
+        x: dict[str, Tensor] | None = None,
+        workers: int = 1,
+        bins: int = 10,
+        plot: bool = True,
+        progress: bool = False,
+    ) -> Calibration:
+        """Reliability of the posterior model probabilities on fresh simulations.
+
+        Datasets are weighted so that the models appear with their ``prior_probs``.
+
+        Args:
+            n: Fresh simulations per model (seeds apart from those of :meth:`fit`).
+            seed: Seed of the simulations.
+            x: Instead, your own held-out simulations ``{name: (N_m, *x_shape)}``.
+            workers: Processes for the simulations.
+            bins: Probability bins of the reliability curve.
+            plot: Draw the reliability diagram (``result.figure``).
+            progress: Show progress bars of the simulations.
+
+        Returns:
+            Per-model ECE and reliability curves, accuracy, and the figure.
+        """
+        self._trained()
+        if x is None:
+            x = simulate_models(self._simulators(), n, seed, _CALIBRATION, workers, progress)
+        xs = check_simulations(x, self.names, self.x_shape)
+        counts = torch.tensor([float(v.shape[0]) for v in xs.values()], dtype=torch.float64)
+        labels = torch.cat([torch.full((len(v),), m) for m, v in enumerate(xs.values())])
+        weights = (self.prior_probs / (counts / counts.sum()))[labels]
+        probs = self.probabilities(torch.cat(list(xs.values())))
+        p = torch.stack([probs[name] for name in self.names], dim=1)  # (N, M)
+        result = reliability(p, labels, weights, self.names, bins)
+        if plot:
+            result.figure = calibration_figure(result)
+        return result
+
+    def misspecification(self, x: Tensor) -> Misspecification:
+        """Whether x is typical of any candidate model (see ``comparison.misspecification``).
+
+        Args:
+            x: One observation ``x_shape`` or a batch ``(N, *x_shape)`` (tested one by one).
+
+        Returns:
+            Score, p-value and per-model p-values; ``result.flagged(0.05)`` says whether x
+            is atypical of every model at a 5% false-positive rate.
+        """
+        self._trained()
+        assert self.reference is not None
+        batch, single = self._observations(x)
+        score, p_value, p_values = self.reference.test(self._summaries(batch))
+        if single:
+            return Misspecification(
+                float(score[0]), float(p_value[0]), {n: float(p[0]) for n, p in p_values.items()}
+            )
+        return Misspecification(score, p_value, p_values)
+
+    # -- saving ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Weights, configuration and held-out summaries as plain tensors and types."""
+        network = self._trained()
+        assert self.reference is not None
+        embeddings = network.embeddings
+        return {
+            "names": list(self.names),
+            "prior_probs": self.prior_probs.clone(),
+            "network_config": network.config(),
+            "embedding": embedding_spec(embeddings[0]) if embeddings is not None else None,
+            "custom_embedding": isinstance(self.embedding_net, nn.Module),
+            "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+            "reference": {n: s.clone() for n, s in self.reference.summaries.items()},
+            "history": self.history.as_dict(),
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        prior: Any = None,
+        embedding_net: nn.Module | None = None,
+        device: str = "cpu",
+    ) -> ModelComparison:
+        """Rebuild a trained object from :meth:`state` (used by ``sbiflow.load``).
+
+        ``prior`` is accepted for the common interface and ignored: each model has its own,
+        and none is needed after training. Pass ``simulators`` again by setting
+        ``obj.simulators = {name: simulator}`` to simulate in :meth:`calibration`.
+        """
+        config = dict(state["network_config"])
+        members = int(config["members"])
+        if state["custom_embedding"] and embedding_net is None:
+            raise ValueError(
+                "This model comparison was trained with your own embedding network: pass a "
+                "freshly built one of the same architecture, sbiflow.load(path, "
+                "embedding_net=MyNet(...))."
+            )
+        x_shape = tuple(config["x_shape"])
+        choice = embedding_net if embedding_net is not None else state["embedding"]
+        embeddings = member_embeddings(choice, torch.zeros(1, *x_shape), members)
+        obj = cls(
+            state["names"],
+            prior_probs=state["prior_probs"],
+            embedding_net=choice,
+            loss=config["loss"],
+            ensemble=members,
+            hidden_features=int(config["hidden_features"]),
+            num_layers=int(config["num_layers"]),
+            device=device,
+        )
+        network = ComparisonNetwork(
+            x_shape,
+            int(config["num_models"]),
+            loss=config["loss"],
+            embeddings=embeddings,
+            members=members,
+            hidden_features=int(config["hidden_features"]),
+            num_layers=int(config["num_layers"]),
+        )
+        network.load_state_dict(state["state_dict"])
+        obj.network, obj.x_shape = network.to(obj.device).eval(), x_shape
+        obj.reference = SummaryReference(dict(state["reference"]))
+        history = state.get("history", {})
+        obj.history = TrainingHistory(
+            train_loss=list(history.get("train_loss", [])),
+            val_loss=list(history.get("val_loss", [])),
+            best_epoch=int(history.get("best_epoch", -1)),
+            wall_time=float(history.get("wall_time", 0.0)),
+        )
+        return obj

@@ -1,0 +1,237 @@
+"""Model comparison on linear-Gaussian models whose evidences are closed form."""
+
+import math
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import sbiflow
+from sbiflow.comparison import ModelComparison, nested_regressions, prior_widths
+from sbiflow.inference.base import NotFittedError
+
+DIM = 10
+N_TRAIN = 10_000  # per model
+N_TEST = 2_000  # per model
+# Tolerances at this budget. The learned log K of the prior-width pair (exact log K spread
+# 3.4 nats) is measured at RMSE 0.28 nats where |log K| <= 5; a classifier trained on the
+# wrong pair (prior width 3 instead of 2) is off by 2.2 nats and must fail the same check.
+RMSE_TOLERANCE = 0.5
+# The l-POP exponential loss, measured at 0.49 nats where |log K| <= 3 (the exact log K
+# spread there is ~1.5 nats); it overshoots larger Bayes factors at this budget.
+EXPONENTIAL_RMSE_TOLERANCE = 0.75
+ECE_TOLERANCE = 0.03  # measured 0.007 on 2,000 datasets per model
+LEVEL = 0.05  # false-positive rate of the misspecification flag
+
+
+@pytest.fixture(scope="module")
+def models():
+    return prior_widths(DIM, (1.0, 2.0))
+
+
+def draw(model, n, seed):
+    return sbiflow.simulate(model, n, seed=seed, progress=False)[1]
+
+
+@pytest.fixture(scope="module")
+def test_sets(models):
+    return {name: draw(m, N_TEST, 100 + i) for i, (name, m) in enumerate(models.items())}
+
+
+@pytest.fixture(scope="module")
+def exact(models, test_sets):
+    x = torch.cat(list(test_sets.values()))
+    return x, (models["width_2"].log_evidence(x) - models["width_1"].log_evidence(x)).float()
+
+
+@pytest.fixture(scope="module")
+def mc(models):
+    return ModelComparison(models, ensemble=2).fit(N_TRAIN, seed=0, progress=False)
+
+
+def rmse_where_moderate(log_k, exact_log_k, bound=5.0):
+    keep = exact_log_k.abs() <= bound
+    return float((log_k[keep] - exact_log_k[keep]).pow(2).mean().sqrt())
+
+
+def test_log_bayes_factor_matches_exact_and_mismatched_prior_fails(models, mc, exact):
+    x, exact_log_k = exact
+    rmse = rmse_where_moderate(mc.log_bayes_factor(x, "width_2", "width_1"), exact_log_k)
+    assert rmse < RMSE_TOLERANCE
+    # negative control: trained on simulations of the wrong prior width
+    wrong = {
+        "width_1": draw(models["width_1"], N_TRAIN, 0),
+        "width_2": draw(prior_widths(DIM, (3.0,))["width_3"], N_TRAIN, 1),
+    }
+    control = ModelComparison(models).fit(x=wrong, seed=0, progress=False)
+    control_rmse = rmse_where_moderate(
+        control.log_bayes_factor(x, "width_2", "width_1"), exact_log_k
+    )
+    assert control_rmse > 2 * RMSE_TOLERANCE
+
+
+def test_calibration_and_swapped_labels_fail(mc, test_sets):
+    result = mc.calibration(x=test_sets, plot=True)
+    assert set(result.ece) == {"width_1", "width_2"}
+    assert max(result.ece.values()) < ECE_TOLERANCE
+    assert 0.8 < result.accuracy < 0.9  # the Bayes-optimal accuracy of this pair is ~0.84
+    predicted, observed, weight = result.curves["width_2"]
+    assert predicted.shape == observed.shape == weight.shape == (10,)
+    assert math.isclose(float(weight.sum()), 1.0, rel_tol=1e-9)
+    assert isinstance(result.figure, Figure)
+    # negative control: the same datasets with the model labels swapped
+    swapped = mc.calibration(
+        x={"width_1": test_sets["width_2"], "width_2": test_sets["width_1"]}, plot=False
+    )
+    assert min(swapped.ece.values()) > 10 * ECE_TOLERANCE
+
+
+def test_probabilities_sum_to_one_and_batch_matches_single(mc, test_sets):
+    x = test_sets["width_1"][:50]
+    batch = mc.probabilities(x)
+    assert all(p.shape == (50,) for p in batch.values())
+    assert torch.allclose(batch["width_1"] + batch["width_2"], torch.ones(50))
+    single = mc.probabilities(x[7])
+    assert isinstance(single["width_1"], float)
+    assert math.isclose(sum(single.values()), 1.0, rel_tol=1e-6)
+    assert math.isclose(single["width_2"], float(batch["width_2"][7]), rel_tol=1e-5)
+    log_k = mc.log_bayes_factor(x, "width_2", "width_1")
+    assert math.isclose(
+        mc.log_bayes_factor(x[7], "width_2", "width_1"), float(log_k[7]), abs_tol=1e-5
+    )
+    assert torch.allclose(mc.log_bayes_factor(x, "width_1", "width_2"), -log_k)
+    # with equal prior probabilities, p = sigmoid(log K)
+    assert torch.allclose(batch["width_2"], torch.sigmoid(log_k), atol=1e-5)
+
+
+def test_prior_probs_change_probabilities_not_bayes_factors(mc, test_sets):
+    x = test_sets["width_2"][:100]
+    tilted = ModelComparison.from_state({**mc.state(), "prior_probs": torch.tensor([0.9, 0.1])})
+    log_k = mc.log_bayes_factor(x, "width_2", "width_1")
+    assert torch.equal(tilted.log_bayes_factor(x, "width_2", "width_1"), log_k)
+    p = tilted.probabilities(x)["width_2"]
+    assert torch.allclose(p, torch.sigmoid(log_k + math.log(0.1 / 0.9)), atol=1e-5)
+
+
+def test_unbalanced_training_mix_is_corrected(models, exact):
+    x, exact_log_k = exact
+    mix = {
+        "width_1": draw(models["width_1"], 12_000, 2),
+        "width_2": draw(models["width_2"], 4_000, 3),
+    }
+    mc = ModelComparison(models).fit(x=mix, seed=0, progress=False)
+    error = mc.log_bayes_factor(x, "width_2", "width_1") - exact_log_k
+    keep = exact_log_k.abs() <= 5
+    # measured bias 0.02 nats; uncorrected, the mix's log prior odds log(3) = 1.1 nats
+    assert abs(float(error[keep].mean())) < 0.25
+
+
+def test_ensemble_gives_a_spread(mc, test_sets):
+    x = test_sets["width_1"][:20]
+    mean, std = mc.log_bayes_factor(x, "width_2", "width_1", return_std=True)
+    assert mean.shape == std.shape == (20,)
+    assert bool((std > 0).all())
+    assert torch.equal(mean, mc.log_bayes_factor(x, "width_2", "width_1"))
+    single_mean, single_std = mc.log_bayes_factor(x[0], "width_2", "width_1", return_std=True)
+    assert isinstance(single_std, float) and single_std > 0
+
+
+def test_misspecification_flags_a_third_model_only(mc, test_sets):
+    candidates = mc.misspecification(torch.cat(list(test_sets.values())))
+    false_positive = float(candidates.flagged(LEVEL).float().mean())
+    assert false_positive <= LEVEL + 0.015  # 3 binomial sigmas over 4,000; measured 0.029
+    third = draw(prior_widths(DIM, (5.0,))["width_5"], 1000, 7)
+    result = mc.misspecification(third)
+    assert float(result.flagged(LEVEL).float().mean()) >= 0.9  # measured 0.97
+    assert set(result.p_values) == {"width_1", "width_2"}
+    one = mc.misspecification(third[0])
+    assert isinstance(one.p_value, float) and 0 < one.p_value <= 1
+
+
+def test_save_and_load_round_trip(mc, test_sets, tmp_path):
+    path = tmp_path / "mc.pt"
+    sbiflow.save(mc, path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["class"] == "ModelComparison"
+    loaded = sbiflow.load(path)
+    x = test_sets["width_2"][:30]
+    assert torch.equal(
+        loaded.log_bayes_factor(x, "width_2", "width_1"),
+        mc.log_bayes_factor(x, "width_2", "width_1"),
+    )
+    assert torch.equal(loaded.misspecification(x).p_value, mc.misspecification(x).p_value)
+    assert loaded.history.val_loss == mc.history.val_loss
+    with pytest.raises(ValueError, match="no simulators"):
+        loaded.calibration(100)
+
+
+def test_exponential_loss_learns_the_bayes_factor(models, exact):
+    x, exact_log_k = exact
+    mc = ModelComparison(models, loss="exponential").fit(N_TRAIN, seed=0, progress=False)
+    log_k = mc.log_bayes_factor(x, "width_2", "width_1")
+    assert rmse_where_moderate(log_k, exact_log_k, bound=3.0) < EXPONENTIAL_RMSE_TOLERANCE
+    with pytest.raises(ValueError, match="two models"):
+        ModelComparison(nested_regressions(DIM, (1, 2, 3)), loss="exponential")
+
+
+def test_three_models_with_different_parameter_dimensions():
+    models = nested_regressions(DIM, (1, 2, 3))
+    mc = ModelComparison(models).fit(4000, seed=0, progress=False)
+    x = torch.cat([draw(m, 500, 50 + i) for i, m in enumerate(models.values())])
+    p = mc.probabilities(x)
+    assert torch.allclose(sum(p.values()), torch.ones(x.shape[0]), atol=1e-5)
+    exact = models["poly_3"].log_evidence(x) - models["poly_1"].log_evidence(x)
+    learned = mc.log_bayes_factor(x, "poly_3", "poly_1")
+    assert float(torch.corrcoef(torch.stack([learned, exact.float()]))[0, 1]) > 0.95
+
+
+def test_sets_get_a_deepset_and_save(tmp_path):
+    def sets(n, scale, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.zeros(n, 12, 3)
+        sizes = torch.randint(4, 12, (n,), generator=g)
+        present = torch.arange(12) < sizes[:, None]
+        x[..., :2] = scale * torch.randn(n, 12, 2, generator=g) * present[..., None]
+        x[..., 2] = present.float()
+        return x
+
+    data = {"narrow": sets(600, 1.0, 0), "wide": sets(600, 2.0, 1)}
+    mc = ModelComparison(list(data), ensemble=2).fit(x=data, max_epochs=2, progress=False)
+    assert type(mc.network.embeddings[0]).__name__ == "DeepSetEmbedding"
+    sbiflow.save(mc, tmp_path / "sets.pt")
+    loaded = sbiflow.load(tmp_path / "sets.pt")
+    x = sets(5, 1.5, 2)
+    assert torch.equal(
+        loaded.log_bayes_factor(x, "wide", "narrow"), mc.log_bayes_factor(x, "wide", "narrow")
+    )
+
+
+def test_clear_errors(models, mc, test_sets):
+    with pytest.raises(ValueError, match="at least two models"):
+        ModelComparison({"only": models["width_1"]})
+    with pytest.raises(NotFittedError):
+        ModelComparison(models).probabilities(torch.zeros(DIM))
+    with pytest.raises(ValueError, match="differ in shape"):
+        ModelComparison(["a", "b"]).fit(x={"a": torch.zeros(50, 3), "b": torch.zeros(50, 4)})
+    with pytest.raises(ValueError, match="Unknown model 'cusped'"):
+        mc.log_bayes_factor(torch.zeros(DIM), "cusped", "width_1")
+    bad = test_sets["width_1"][:3].clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf \(observations \[1\]\)"):
+        mc.probabilities(bad)
+    with pytest.raises(ValueError, match="shaped like one simulation"):
+        mc.probabilities(torch.zeros(DIM + 1))
+    with pytest.raises(ValueError, match="unknown \\['nope'\\]"):
+        ModelComparison(models, prior_probs={"nope": 0.5, "width_1": 0.5})
+    with pytest.raises(ValueError, match="either n_per_model"):
+        ModelComparison(models).fit()
+    xb = torch.randn(200, 3)
+    xb[5, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="1 of 200 simulations of model 'b'"):
+        small = ModelComparison(["a", "b"]).fit(
+            x={"a": torch.randn(200, 3), "b": xb}, max_epochs=1, progress=False
+        )
+    with pytest.raises(ValueError, match="return_std needs an ensemble"):
+        small.log_bayes_factor(torch.zeros(3), "a", "b", return_std=True)
+    with pytest.raises(ValueError, match="trained on"):
+        small.calibration(x={"a": torch.zeros(10, 4), "b": torch.zeros(10, 4)})
