@@ -7,6 +7,13 @@ and a model choice come out.
 __version__ = "0.1.0"
 
 from sbiflow import samplers  # noqa: E402
+from sbiflow.diffusion import (  # noqa: E402
+    DiffusionPosterior,
+    GaussianScorePrior,
+    LinearGaussianLikelihood,
+    LogLikelihood,
+)
+from sbiflow.diffusion.score_prior import ScorePrior  # noqa: E402
 from sbiflow.inference import NLE, NPE, NotFittedError, PriorSupportError  # noqa: E402
 from sbiflow.priors import BoxUniform  # noqa: E402
 from sbiflow.serialization import ModelFileError, load, save  # noqa: E402
@@ -18,9 +25,14 @@ __all__ = [
     "NLE",
     "NPE",
     "BoxUniform",
+    "DiffusionPosterior",
+    "GaussianScorePrior",
+    "LinearGaussianLikelihood",
+    "LogLikelihood",
     "ModelFileError",
     "NotFittedError",
     "PriorSupportError",
+    "ScorePrior",
     "TrainingDivergedError",
     "__version__",
     "load",

@@ -103,6 +103,18 @@ class NLE(NeuralInference):
         trials = self._observation(x, allow_trials=True)
         return self._log_likelihood(validate_theta(self.prior, theta), trials)
 
+    def differentiable_log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
+        r"""As :meth:`log_likelihood`, differentiable in θ (for guidance and gradient samplers).
+
+        Args:
+            theta: Parameters ``(B, D)``.
+            x: One observation ``x_shape`` or iid trials ``(n, *x_shape)``.
+
+        Returns:
+            :math:`\sum_i \log q(x_i \mid \theta)`, shape ``(B,)``, with autograd's graph.
+        """
+        return self._log_likelihood(theta, self._observation(x, allow_trials=True))
+
     def _log_likelihood(self, theta: Tensor, trials: Tensor) -> Tensor:
         """``theta`` ``(B, D)``, checked ``trials`` ``(n, *x_shape)`` on the device → ``(B,)``."""
         estimator = self._trained()
