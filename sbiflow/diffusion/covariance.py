@@ -28,6 +28,11 @@ class Covariance(nn.Module):
     kind = "base"
     evals: Tensor
 
+    @property
+    def dim(self) -> int:
+        """D, the size of the rows it acts on."""
+        raise NotImplementedError
+
     def apply(self, r: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         r""":math:`U f(\lambda) U^\top r` for rows ``r`` ``(N, D)``."""
         raise NotImplementedError
@@ -38,7 +43,7 @@ class Covariance(nn.Module):
 
     def sample(self, n: int, scale: Callable[[Tensor], Tensor], dtype: torch.dtype) -> Tensor:
         r"""Draws of :math:`\mathcal{N}(0, U\,\mathrm{scale}(\lambda)^2 U^\top)`, ``(n, D)``."""
-        white = torch.randn(n, self.evals.numel(), dtype=dtype, device=self.evals.device)
+        white = torch.randn(n, self.dim, dtype=dtype, device=self.evals.device)
         return self.apply_half(white, scale)
 
     def apply_half(self, white: Tensor, scale: Callable[[Tensor], Tensor]) -> Tensor:
@@ -68,6 +73,10 @@ class EigenCovariance(Covariance):
             floor = _MIN_RELATIVE_EIGENVALUE * evals.max().clamp_min(1e-30)
             self.evecs.copy_(evecs)
             self.evals.copy_(evals.clamp_min(floor))
+
+    @property
+    def dim(self) -> int:  # noqa: D102
+        return self.evals.numel()
 
     def apply(self, r: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: D102
         u = self.evecs.to(r.dtype)
@@ -99,6 +108,10 @@ class FourierCovariance(Covariance):
             self.evals.copy_(
                 power.to(torch.float64).clamp_min(_MIN_RELATIVE_EIGENVALUE * power.max())
             )
+
+    @property
+    def dim(self) -> int:  # noqa: D102
+        return self.shape[0] * self.shape[1]
 
     def apply(self, r: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: D102
         maps = r.reshape(-1, *self.shape)
