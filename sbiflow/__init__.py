@@ -7,6 +7,7 @@ and a model choice come out.
 __version__ = "0.1.0"
 
 from sbiflow import samplers  # noqa: E402
+from sbiflow.comparison import ModelComparison  # noqa: E402
 from sbiflow.diffusion import (  # noqa: E402
     DiffusionPosterior,
     GaussianScorePrior,
@@ -29,6 +30,7 @@ __all__ = [
     "GaussianScorePrior",
     "LinearGaussianLikelihood",
     "LogLikelihood",
+    "ModelComparison",
     "ModelFileError",
     "NotFittedError",
     "PriorSupportError",
