@@ -1,4 +1,4 @@
-"""Model comparison: posterior model probabilities, Bayes factors, calibration, misspecification.
+"""Model comparison: model probabilities, Bayes factors, calibration, misspecification, cross-check.
 
 Example:
     >>> from sbiflow.comparison import ModelComparison
@@ -10,6 +10,7 @@ Example:
 
 from sbiflow.comparison.analytic import LinearGaussianModel, nested_regressions, prior_widths
 from sbiflow.comparison.calibration import Calibration
+from sbiflow.comparison.crosscheck import CrossCheck, Evidence, PairCheck
 from sbiflow.comparison.losses import LOSSES
 from sbiflow.comparison.misspecification import Misspecification
 from sbiflow.comparison.model_comparison import ModelComparison
@@ -17,9 +18,12 @@ from sbiflow.comparison.model_comparison import ModelComparison
 __all__ = [
     "LOSSES",
     "Calibration",
+    "CrossCheck",
+    "Evidence",
     "LinearGaussianModel",
     "Misspecification",
     "ModelComparison",
+    "PairCheck",
     "nested_regressions",
     "prior_widths",
 ]

@@ -35,6 +35,8 @@ class LinearGaussianModel:
         >>> x = model.simulate(model.prior.sample((4,)), np.random.default_rng(0))
         >>> x.shape, model.log_evidence(x).shape
         (torch.Size([4, 3]), torch.Size([4]))
+        >>> model.log_likelihood(torch.zeros(5, 3), x[0]).shape
+        torch.Size([5])
     """
 
     def __init__(
@@ -63,6 +65,29 @@ class LinearGaussianModel:
         theta = torch.as_tensor(theta, dtype=torch.float64)
         noise = torch.from_numpy(rng.standard_normal((theta.shape[0], self.design.shape[0])))
         return (theta @ self.design.T + self.noise_std * noise).float()
+
+    def log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
+        r"""The exact :math:`\log p(x \mid \theta)` of one observation for a batch of parameters.
+
+        Args:
+            theta: Parameters ``(B, p)``.
+            x: One observation ``(d,)``, or iid trials ``(n, d)`` sharing theta (summed).
+
+        Returns:
+            Log-likelihoods ``(B,)`` in the dtype of ``theta`` (float32 if not floating).
+        """
+        theta = torch.as_tensor(theta)
+        dtype = theta.dtype if theta.is_floating_point() else torch.float32
+        x = torch.as_tensor(x, dtype=torch.float64)
+        trials = x.unsqueeze(0) if x.ndim == 1 else x  # (n, d)
+        if trials.ndim != 2 or trials.shape[1] != self.design.shape[0]:
+            raise ValueError(
+                f"{self.name}: x must be one observation ({self.design.shape[0]},) or trials "
+                f"(n, {self.design.shape[0]}), got {tuple(x.shape)}."
+            )
+        mean = theta.to(torch.float64) @ self.design.T  # (B, d)
+        noise = Normal(mean.unsqueeze(1), self.noise_std)  # batch (B, 1, d)
+        return noise.log_prob(trials).sum(dim=(1, 2)).to(dtype)
 
     def log_evidence(self, x: Tensor) -> Tensor:
         r"""The exact :math:`\log p(x \mid M)` of data ``(N, d)`` (or ``(d,)``), in float64."""

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sbiflow.comparison.calibration import Calibration, calibration_figure, reliability
+from sbiflow.comparison.crosscheck import CrossCheck, evidence_crosscheck
 from sbiflow.comparison.data import check_simulations, model_prior, simulate_models
 from sbiflow.comparison.losses import LOSSES
 from sbiflow.comparison.misspecification import Misspecification, SummaryReference
@@ -352,6 +353,57 @@ class ModelComparison:
                 float(score[0]), float(p_value[0]), {n: float(p[0]) for n, p in p_values.items()}
             )
         return Misspecification(score, p_value, p_values)
+
+    def evidence_crosscheck(
+        self,
+        x: Tensor,
+        n_simulations: int = 10_000,
+        *,
+        emulator: bool = True,
+        exact: bool = True,
+        nle_options: dict[str, Any] | None = None,
+        training_options: dict[str, Any] | None = None,
+        nested_options: dict[str, Any] | None = None,
+        seed: int = 0,
+        workers: int = 1,
+        progress: bool = False,
+    ) -> CrossCheck:
+        """The classifier's log Bayes factors against nested-sampling evidences of x.
+
+        Per model: an NLE trained on ``n_simulations`` fresh simulations and integrated by
+        dynesty, dynesty on the simulator's exact ``log_likelihood`` where it has one, and
+        the closed-form ``log_evidence`` where it has one (see ``comparison.crosscheck``).
+
+        Args:
+            x: One observation ``x_shape``.
+            n_simulations: Simulations per model for its NLE.
+            emulator: Train and integrate the NLEs (turn off for x a flow cannot model,
+                such as padded sets, or when the exact likelihood is enough).
+            exact: Integrate the exact likelihoods where the simulators have them.
+            nle_options: Passed to :class:`~sbiflow.NLE`.
+            training_options: Passed to ``NLE.fit``.
+            nested_options: Passed to :func:`sbiflow.samplers.nested` (``nlive``, ...).
+            seed: Seed of the simulations, training and dynesty.
+            workers: Processes for the simulations.
+            progress: Show progress bars.
+
+        Returns:
+            Per-model log evidences with errors, and per pair of models the log Bayes
+            factors from each source next to the classifier's, with errors.
+        """
+        return evidence_crosscheck(
+            self,
+            x,
+            n_simulations=n_simulations,
+            emulator=emulator,
+            exact=exact,
+            nle_options=nle_options,
+            training_options=training_options,
+            nested_options=nested_options,
+            seed=seed,
+            workers=workers,
+            progress=progress,
+        )
 
     # -- saving ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
