@@ -1,4 +1,10 @@
-"""``sbiflow run CONFIG.toml``: simulate → train (NPE or NLE) → sample → plots and a summary."""
+"""``sbiflow run CONFIG.toml``: simulate → train (NPE or NLE) → sample → plots and a summary.
+
+A configuration with a ``[models]`` section is a model comparison instead (also
+``sbiflow compare CONFIG.toml``): simulate each model → train the classifier → model
+probabilities, Bayes factors, calibration, misspecification and the nested-sampling
+cross-check.
+"""
 
 from __future__ import annotations
 
@@ -13,32 +19,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbiflow.config import ConfigError, RunConfig, load_config
+from sbiflow.config import ConfigError, RunConfig, SimulatorSection, load_config
 
-__all__ = ["main", "run"]
+__all__ = ["compare", "main", "run"]
 
 
 def _resolve_simulator(config: RunConfig) -> Any:
     """The simulator named in the config, through a plug-in lookup (sbiflow never imports it)."""
-    section = config.simulator
+    return _resolve(config.simulator, config.base_dir)
+
+
+def _resolve(section: SimulatorSection, base_dir: str, label: str = "simulator") -> Any:
+    """The simulator of one section (``[simulator]``, or one entry of ``[models]``)."""
     try:
         if section.factory:
             module_name, _, attribute = section.factory.partition(":")
             if not attribute:
                 raise ConfigError(
-                    f"simulator.factory must look like 'package.module:function', got "
+                    f"{label}.factory must look like 'package.module:function', got "
                     f"{section.factory!r}."
                 )
-            if config.base_dir not in sys.path:  # a factory module next to the config file
-                sys.path.insert(0, config.base_dir)
+            if base_dir not in sys.path:  # a factory module next to the config file
+                sys.path.insert(0, base_dir)
             factory = getattr(importlib.import_module(module_name), attribute)
             return factory(**section.options)
         registry = importlib.import_module(section.module)
         return registry.get(section.name, **section.options)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"Cannot load the simulator: {err}") from err
+        where = "" if label == "simulator" else f" of {label}"
+        raise ConfigError(f"Cannot load the simulator{where}: {err}") from err
     except (KeyError, ValueError, TypeError) as err:
-        raise ConfigError(f"simulator.name = {section.name!r}: {err}") from err
+        name = "simulator" if label.startswith("models.") else "name"
+        raise ConfigError(f"{label}.{name} = {section.name!r}: {err}") from err
 
 
 def _observation(config: RunConfig, simulator: Any) -> torch.Tensor:
@@ -60,9 +72,13 @@ def run(config: RunConfig) -> dict[str, Any]:
     ``model.pt``, ``summary.json`` and ``summary.txt``; with ``diagnostics.coverage_tests``,
     also ``coverage.png`` and ``ranks.png``.
 
+    A configuration with ``[models]`` runs :func:`compare`.
+
     Returns:
         The summary (also written to ``summary.json``).
     """
+    if config.models:
+        return compare(config)
     import sbiflow
     from sbiflow.plots import corner_plot, loss_plot
 
@@ -294,23 +310,250 @@ def _summary_text(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare(config: RunConfig) -> dict[str, Any]:
+    """Run a model comparison (a configuration with ``[models]``) and write its outputs.
+
+    Simulates ``comparison.n_per_model`` of each model, trains the classifier, and reports
+    for the observation the posterior model probabilities, the log Bayes factor of every
+    pair (with the ensemble's spread as its error when ``ensemble >= 2``) and the
+    misspecification check; measures the calibration on fresh simulations; with
+    ``comparison.crosscheck``, compares the Bayes factors with nested-sampling evidences.
+    Outputs in ``config.output.directory``: ``calibration.png``, ``loss.png``, ``model.pt``,
+    ``summary.json`` and ``summary.txt``.
+
+    Returns:
+        The summary (also written to ``summary.json``).
+    """
+    import sbiflow
+    from sbiflow.plots import loss_plot
+
+    out = os.path.abspath(config.output.directory)
+    os.makedirs(out, exist_ok=True)
+    progress, section = config.output.progress, config.comparison
+    simulators = {
+        name: _resolve(model, config.base_dir, f"models.{name}")
+        for name, model in config.models.items()
+    }
+    x_o = _comparison_observation(config, simulators)
+    _check_shapes(simulators, x_o, seed=config.simulation.seed)  # before any training
+    try:
+        mc = sbiflow.ModelComparison(
+            simulators,
+            prior_probs=section.prior_probs or None,
+            embedding_net=section.embedding_net,
+            loss=section.loss,
+            ensemble=section.ensemble,
+            hidden_features=section.hidden_features,
+            num_layers=section.num_layers,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"[comparison]: {err}") from err
+    training, seed, workers = config.training, config.simulation.seed, config.simulation.workers
+    started = time.perf_counter()
+    mc.fit(
+        section.n_per_model,
+        seed=seed,
+        workers=workers,
+        n_reference=section.n_reference,
+        progress=progress,
+        batch_size=training.batch_size or None,
+        learning_rate=training.learning_rate,
+        validation_fraction=training.validation_fraction,
+        stop_after_epochs=training.stop_after_epochs,
+        max_epochs=training.max_epochs,
+        clip_max_norm=training.clip_max_norm,
+    )
+    trained = time.perf_counter()
+    x_o = x_o.reshape(mc.x_shape)  # a leading batch dimension of 1 is accepted
+    probabilities = mc.probabilities(x_o)
+    misspecification = mc.misspecification(x_o)
+    calibration = mc.calibration(
+        section.calibration_simulations, seed=seed + 1, workers=workers, progress=progress
+    )
+    assert calibration.figure is not None
+    calibration.figure.savefig(os.path.join(out, "calibration.png"), dpi=150)
+    loss_plot(mc.history, path=os.path.join(out, "loss.png"))
+    sbiflow.save(mc, os.path.join(out, "model.pt"))
+    checked = time.perf_counter()
+
+    pairs = []
+    for i, b in enumerate(mc.names):
+        for a in mc.names[i + 1 :]:
+            if mc.ensemble >= 2:
+                log_k, err = mc.log_bayes_factor(x_o, a, b, return_std=True)
+            else:
+                log_k, err = mc.log_bayes_factor(x_o, a, b), None
+            pairs.append({"a": a, "b": b, "log_k": log_k, "err": err})
+    summary: dict[str, Any] = {
+        "models": {
+            name: {"simulator": model.name or model.factory, **model.options}
+            for name, model in config.models.items()
+        },
+        "observation": _observation_label(config, mc.names),
+        "n_per_model": section.n_per_model,
+        "loss": section.loss,
+        "ensemble": section.ensemble,
+        "epochs": len(mc.history.train_loss),
+        "best_epoch": mc.history.best_epoch,
+        "best_validation_loss": min(mc.history.val_loss),
+        "prior_probs": {n: float(p) for n, p in zip(mc.names, mc.prior_probs, strict=True)},
+        "probabilities": probabilities,
+        "log_bayes_factors": pairs,
+        "misspecification": {
+            "score": misspecification.score,
+            "p_value": misspecification.p_value,
+            "p_values": misspecification.p_values,
+            "flagged_at_0.05": bool(misspecification.flagged(0.05)),
+        },
+        "calibration": {
+            "simulations_per_model": section.calibration_simulations,
+            "ece": calibration.ece,
+            "accuracy": calibration.accuracy,
+        },
+        "seconds": {
+            "simulate_and_train": round(trained - started, 2),
+            "calibrate": round(checked - trained, 2),
+        },
+    }
+    if section.crosscheck:
+        check = mc.evidence_crosscheck(
+            x_o,
+            section.crosscheck_simulations,
+            emulator=section.crosscheck_emulator,
+            exact=section.crosscheck_exact,
+            nested_options={"nlive": section.crosscheck_nlive},
+            seed=seed,
+            workers=workers,
+            progress=progress,
+        )
+        summary["crosscheck"] = check.as_dict()
+        summary["seconds"]["crosscheck"] = round(time.perf_counter() - checked, 2)
+    with open(os.path.join(out, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    with open(os.path.join(out, "summary.txt"), "w") as handle:
+        handle.write(_comparison_text(summary))
+    return summary
+
+
+def _comparison_observation(config: RunConfig, simulators: dict[str, Any]) -> torch.Tensor:
+    """The observation of a comparison: ``values``, or observation ``index`` of one model."""
+    section = config.observation
+    if section.values:
+        return torch.as_tensor(section.values, dtype=torch.float32)
+    name = section.model or next(iter(simulators))
+    if not hasattr(simulators[name], "observation"):
+        raise ConfigError(
+            f"The simulator of model {name!r} ships no observations: give "
+            "observation.values = [...] or observation.model = <a model that has them>."
+        )
+    return torch.as_tensor(simulators[name].observation(section.index), dtype=torch.float32)
+
+
+def _check_shapes(simulators: dict[str, Any], x_o: torch.Tensor, seed: int) -> None:
+    """One simulation per model: every model and the observation must share x's shape."""
+    shapes = {}
+    for name, sim in simulators.items():
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            theta = sim.prior.sample((1,))
+        x = torch.as_tensor(sim.simulate(theta, np.random.default_rng(seed)))
+        shapes[name] = tuple(x.shape[1:])
+    if len(set(shapes.values())) > 1:
+        raise ConfigError(
+            f"[models]: the models' simulations differ in shape: {shapes}; model comparison "
+            "needs every model to produce x of the same shape."
+        )
+    x_shape = next(iter(shapes.values()))
+    if tuple(x_o.shape) not in (x_shape, (1, *x_shape)):
+        raise ConfigError(
+            f"[observation]: the observation has shape {tuple(x_o.shape)}; the models "
+            f"simulate x shaped {x_shape}."
+        )
+    if not bool(torch.isfinite(x_o).all()):
+        raise ConfigError("[observation]: the observation holds NaN or inf.")
+
+
+def _observation_label(config: RunConfig, names: list[str]) -> str:
+    section = config.observation
+    if section.values:
+        return "observation.values"
+    return f"observation {section.index} of model {section.model or names[0]!r}"
+
+
+def _comparison_text(summary: dict[str, Any]) -> str:
+    models = ", ".join(f"{n} ({m['simulator']})" for n, m in summary["models"].items())
+    seconds = ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items())
+    lines = [
+        f"sbiflow compare: {models}",
+        f"classifier: {summary['loss']}, ensemble {summary['ensemble']}, "
+        f"{summary['n_per_model']} simulations per model, {summary['epochs']} epochs, "
+        f"validation loss {summary['best_validation_loss']:.4f}",
+        f"time: {seconds}",
+        f"data: {summary['observation']}",
+        "",
+        "posterior model probabilities (prior: "
+        + ", ".join(f"{n} {p:.3g}" for n, p in summary["prior_probs"].items())
+        + ")",
+    ]
+    lines += [f"  {name:<16}{p:.4f}" for name, p in summary["probabilities"].items()]
+    lines.append("log Bayes factors")
+    for pair in summary["log_bayes_factors"]:
+        err = "" if pair["err"] is None else f" ± {pair['err']:.3f} (ensemble spread)"
+        lines.append(f"  log K({pair['a']} / {pair['b']}) = {pair['log_k']:.3f}{err}")
+    miss = summary["misspecification"]
+    lines.append(
+        f"misspecification: p-value {miss['p_value']:.3g}, score {miss['score']:.2f} "
+        + (
+            "-> FLAGGED: the data look like none of the models"
+            if miss["flagged_at_0.05"]
+            else "(typical of at least one model at the 5% level)"
+        )
+    )
+    cal = summary["calibration"]
+    lines.append(
+        f"calibration on {cal['simulations_per_model']} fresh simulations per model: accuracy "
+        f"{cal['accuracy']:.3f}, ECE " + ", ".join(f"{n} {e:.3f}" for n, e in cal["ece"].items())
+    )
+    if "crosscheck" in summary:
+        lines.append("nested-sampling cross-check (log K, error)")
+        for pair in summary["crosscheck"]["log_bayes_factors"]:
+            parts = [
+                f"{s} {pair[s]['log_k']:.3f} ± {pair[s]['err']:.3f}"
+                for s in ("closed_form", "exact", "emulator")
+                if s in pair
+            ]
+            tension = "" if pair["tension"] is None else f"; tension {pair['tension']:.1f} sigma"
+            lines.append(f"  {pair['a']} / {pair['b']}: " + ", ".join(parts) + tension)
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sbiflow`` command."""
     parser = argparse.ArgumentParser(prog="sbiflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="run a TOML configuration end to end")
-    run_parser.add_argument("config", help="path to a TOML configuration")
-    run_parser.add_argument("--output", help="output folder (overrides output.directory)")
-    run_parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for command, text in (
+        ("run", "run a TOML configuration end to end"),
+        ("compare", "run a model comparison: a TOML configuration with a [models] section"),
+    ):
+        sub = commands.add_parser(command, help=text)
+        sub.add_argument("config", help="path to a TOML configuration")
+        sub.add_argument("--output", help="output folder (overrides output.directory)")
+        sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
 
     try:
         config = load_config(args.config)
+        if args.command == "compare" and not config.models:
+            raise ConfigError(
+                f"{args.config}: sbiflow compare needs a [models] section, e.g. "
+                "cored = { simulator = 'dwarf', model = 'cored' }."
+            )
         if args.output:
             config.output.directory = args.output
         if args.no_progress:
             config.output.progress = False
-        summary_text = _summary_text(run(config))
+        summary = run(config)
+        summary_text = _comparison_text(summary) if config.models else _summary_text(summary)
     except ConfigError as err:
         print(f"sbiflow: configuration error: {err}", file=sys.stderr)
         return 2

@@ -13,6 +13,11 @@ from sbiflow.training import TrainingConfig
 
 __all__ = ["METHODS", "SAMPLERS", "ConfigError", "RunConfig", "load_config"]
 
+#: Sections of a single-simulator run that a ``[models]`` comparison does not use.
+_RUN_ONLY = ("inference", "estimator", "sampling", "diagnostics")
+#: Keys of a ``[models]`` entry that say which simulator; every other key is an option of it.
+_MODEL_KEYS = ("simulator", "module", "factory")
+
 #: Values of ``inference.method`` and of ``sampling.sampler``.
 METHODS = ("npe", "nle")
 SAMPLERS = ("mcmc", "nested")
@@ -81,6 +86,7 @@ class ObservationSection:
 
     index: int = 0
     values: list[Any] = field(default_factory=list)
+    model: str = ""  # a [models] comparison: whose observation ``index`` (default: the first)
 
 
 @dataclass
@@ -115,8 +121,41 @@ class OutputSection:
 
 
 @dataclass
+class ComparisonSection:
+    """Options of a model comparison (a config with a ``[models]`` section).
+
+    ``n_per_model`` simulations per model train the classifier (``loss``, ``ensemble``,
+    ``embedding_net``, head size as in ``sbiflow.ModelComparison``); ``n_reference`` of them
+    are held out for the misspecification check; ``calibration_simulations`` fresh ones per
+    model measure the reliability. ``crosscheck = true`` also runs
+    ``ModelComparison.evidence_crosscheck`` on the observation: an NLE per model on
+    ``crosscheck_simulations`` simulations (``crosscheck_emulator``) and dynesty on the
+    exact likelihoods (``crosscheck_exact``), with ``crosscheck_nlive`` live points.
+    """
+
+    n_per_model: int = 20_000
+    loss: str = "cross_entropy"
+    ensemble: int = 1
+    embedding_net: Any = "auto"
+    hidden_features: int = 128
+    num_layers: int = 3
+    prior_probs: dict[str, Any] = field(default_factory=dict)
+    n_reference: int = 1000
+    calibration_simulations: int = 2000
+    crosscheck: bool = False
+    crosscheck_simulations: int = 10_000
+    crosscheck_emulator: bool = True
+    crosscheck_exact: bool = True
+    crosscheck_nlive: int = 500
+
+
+@dataclass
 class RunConfig:
-    """A whole ``sbiflow run`` configuration."""
+    """A whole ``sbiflow run`` configuration.
+
+    With a ``[models]`` section it is a model comparison: ``models`` holds one simulator
+    section per model (the ``[simulator]`` section, if any, gives their shared defaults).
+    """
 
     simulator: SimulatorSection
     simulation: SimulationSection
@@ -128,6 +167,8 @@ class RunConfig:
     diagnostics: DiagnosticsSection
     output: OutputSection
     base_dir: str = "."
+    models: dict[str, SimulatorSection] = field(default_factory=dict)
+    comparison: ComparisonSection = field(default_factory=ComparisonSection)
 
 
 _SECTIONS = {
@@ -140,6 +181,7 @@ _SECTIONS = {
     "sampling": SamplingSection,
     "diagnostics": DiagnosticsSection,
     "output": OutputSection,
+    "comparison": ComparisonSection,
 }
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
@@ -186,18 +228,112 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         raise ConfigError(f"No configuration file at {path!r}.") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path!r} is not valid TOML: {err}") from err
-    unknown = sorted(set(raw) - set(_SECTIONS))
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"models"})
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section(s) {unknown}; the sections are: {', '.join(_SECTIONS)}."
+            f"{path}: unknown section(s) {unknown}; the sections are: "
+            f"{', '.join([*_SECTIONS, 'models'])}."
         )
     try:
         sections = {name: _section(name, raw.get(name, {})) for name in _SECTIONS}
+        models = _models(raw["models"], sections["simulator"]) if "models" in raw else {}
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
-    config = RunConfig(**sections, base_dir=os.path.dirname(os.path.abspath(path)))
-    _check_values(config, path)
+    config = RunConfig(**sections, base_dir=os.path.dirname(os.path.abspath(path)), models=models)
+    if models:
+        _check_comparison(config, raw, path)
+    else:
+        _check_values(config, path)
+        if "comparison" in raw or config.observation.model:
+            raise ConfigError(
+                f"{path}: [comparison] and observation.model apply to a model comparison: "
+                "add a [models] section (e.g. cored = { simulator = 'dwarf', model = 'cored' })."
+            )
     return config
+
+
+def _models(raw: Any, shared: SimulatorSection) -> dict[str, SimulatorSection]:
+    """One simulator section per ``[models]`` entry, on top of the ``[simulator]`` defaults."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(
+            "[models] must hold one table per model, e.g. "
+            "cored = { simulator = 'dwarf', model = 'cored' }."
+        )
+    models = {}
+    for name, entry in raw.items():
+        for key in _MODEL_KEYS:
+            if key in entry and not isinstance(entry[key], str):
+                raise ConfigError(f"models.{name}.{key} must be a string, got {entry[key]!r}.")
+        options = {k: v for k, v in entry.items() if k not in _MODEL_KEYS}
+        section = SimulatorSection(
+            name=entry.get("simulator", shared.name if "factory" not in entry else ""),
+            module=entry.get("module", shared.module),
+            factory=entry.get("factory", shared.factory if "simulator" not in entry else ""),
+            options={**shared.options, **options},
+        )
+        if not section.name and not section.factory:
+            raise ConfigError(
+                f"models.{name} names no simulator: give it simulator = '<registered name>' "
+                "(or factory = 'package.module:function'), or set [simulator] name for all."
+            )
+        models[str(name)] = section
+    return models
+
+
+def _check_comparison(config: RunConfig, raw: dict[str, Any], path: str) -> None:
+    """Checks of a model comparison: its own sections and values, none of a single run's."""
+    from sbiflow.comparison.losses import LOSSES
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"{path}: {message}")
+
+    present = [name for name in _RUN_ONLY if name in raw]
+    if present:
+        fail(
+            f"section(s) {present} apply to a run of one simulator; a [models] comparison "
+            "takes [simulator] (shared defaults), [models], [comparison], [simulation], "
+            "[training], [observation] and [output]."
+        )
+    simulation = raw.get("simulation", {})
+    for key, instead in (
+        ("num_simulations", "comparison.n_per_model"),
+        ("store", "nothing yet: comparison simulations are kept in memory"),
+    ):
+        if key in simulation:
+            fail(f"simulation.{key} does not apply to a model comparison; use {instead}.")
+    if "seed" in raw.get("training", {}):
+        fail(
+            "training.seed does not apply to a model comparison: simulation.seed seeds its "
+            "simulations and its training."
+        )
+    comparison, names = config.comparison, list(config.models)
+    if len(names) < 2:
+        fail(f"[models] needs at least two models, got {names}.")
+    if comparison.n_per_model < 100:
+        fail("comparison.n_per_model must be at least 100.")
+    if comparison.loss not in LOSSES:
+        fail(f"comparison.loss must be one of {sorted(LOSSES)}, got {comparison.loss!r}.")
+    for key in ("ensemble", "calibration_simulations", "crosscheck_simulations"):
+        if getattr(comparison, key) < 1:
+            fail(f"comparison.{key} must be at least 1.")
+    if comparison.crosscheck_nlive < 10:
+        fail("comparison.crosscheck_nlive must be at least 10.")
+    if config.simulation.workers < 1:
+        fail("simulation.workers must be at least 1.")
+    if config.training.learning_rate <= 0:
+        fail("training.learning_rate must be positive.")
+    if not 0 < config.training.validation_fraction < 1:
+        fail("training.validation_fraction must lie in (0, 1).")
+    if config.observation.model and config.observation.model not in names:
+        fail(
+            f"observation.model must be one of the models {names}, got "
+            f"{config.observation.model!r}."
+        )
+    if config.observation.index == 0 and not config.observation.values:
+        fail(
+            "[observation] needs index = <n> (the n-th observation of observation.model, "
+            "default the first model) or values."
+        )
 
 
 def _check_values(config: RunConfig, path: str) -> None:
