@@ -46,6 +46,8 @@ __all__ = ["GUIDANCES", "DenoiserPrior", "posterior_denoiser"]
 GUIDANCES = ("mmps", "dps", "convolved")
 #: Largest z dimension for the Laplace form of a nonlinear likelihood (D Hessian rows).
 MAX_LAPLACE_DIM = 64
+#: Rows whose Hessians are averaged into the Laplace precision shared by a batch.
+HESSIAN_ROWS = 64
 
 #: ``(u_t (N, D), t scalar) -> E[u_0 | u_t, y] (N, D)``.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -204,18 +206,35 @@ class _LogLikelihoodGuidance:
         z = z_rows.reshape(-1, *self.prior.z_shape)
         return self.likelihood.log_prob(self.y, z).to(z_rows.dtype)
 
-    def _grad_hessian(self, z_rows: Tensor, hessian: bool) -> tuple[Tensor, Tensor | None]:
-        """Gradient ``(N, D)`` and Hessian ``(N, D, D)`` of the log-likelihood in z."""
+    def _grad(self, z_rows: Tensor) -> Tensor:
+        """Gradient ``(N, D)`` of the log-likelihood in z."""
         with torch.enable_grad():
             z = z_rows.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self._log_lik(z).sum(), z, create_graph=hessian)
-            if not hessian:
-                return grad.detach(), None
-            rows = [
-                torch.autograd.grad(grad[:, i].sum(), z, retain_graph=True)[0]
-                for i in range(z.shape[1])
-            ]
-        return grad.detach(), torch.stack(rows, dim=1).detach()
+            (grad,) = torch.autograd.grad(self._log_lik(z).sum(), z)
+        return grad.detach()
+
+    def _precision(self, z_rows: Tensor) -> Tensor:
+        """Minus the Hessian of the log-likelihood, averaged over at most ``HESSIAN_ROWS`` rows.
+
+        One ``(D, D)`` matrix shared by the batch: the curvature of a likelihood varies slowly
+        over a posterior's width, and D double-backward passes over every row would cost D
+        times the gradient. Clipped to positive semi-definite.
+        """
+        rows = z_rows
+        if rows.shape[0] > HESSIAN_ROWS:
+            pick = torch.randperm(rows.shape[0], device=rows.device)[:HESSIAN_ROWS]
+            rows = rows[pick]
+        with torch.enable_grad():
+            z = rows.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self._log_lik(z).sum(), z, create_graph=True)
+            hess = torch.stack(
+                [
+                    torch.autograd.grad(grad[:, i].sum(), z, retain_graph=True)[0].mean(dim=0)
+                    for i in range(z.shape[1])
+                ]
+            )
+        evals, evecs = torch.linalg.eigh(-0.5 * (hess + hess.T).detach())
+        return (evecs * evals.clamp_min(0.0)) @ evecs.T
 
     def __call__(self, u: Tensor, t: Tensor) -> Tensor:
         sde = self.prior.sde
@@ -223,20 +242,19 @@ class _LogLikelihoodGuidance:
         gamma = s**2 / m
         leaf, u_hat = _prior_denoise_with_graph(self.prior, u, t)
         z_hat = self.loc + self.scale * u_hat.detach()
-        grad, hess = self._grad_hessian(z_hat, hessian=self.guidance == "mmps")
+        grad = self._grad(z_hat)
         if not torch.isfinite(grad).all():
             raise FloatingPointError(
                 f"The {self.likelihood.name} has a NaN/inf gradient at the current estimate; "
                 "check that it is defined over the whole prior range."
             )
-        if hess is None:  # DPS
+        if self.guidance == "dps":
             direction = self.dps_scale * self.scale * grad
             return (u_hat + gamma * _vjp(u_hat, leaf, direction, retain=False)).detach()
-        # Laplace: log p(y|z) ≈ g·(z - ẑ) - ½ (z - ẑ)ᵀ P (z - ẑ), P = -H clipped to PSD. Moment
-        # matching with p(z0 | u_t) ≈ N(ẑ, K), K = S Σ_{0|t} S: the guided mean moves by
-        # K (I + P K)^{-1} g, exact when the likelihood is Gaussian in z.
-        evals, evecs = torch.linalg.eigh(-0.5 * (hess + hess.transpose(1, 2)))
-        precision = (evecs * evals.clamp_min(0.0).unsqueeze(1)) @ evecs.transpose(1, 2)
+        # Laplace: log p(y|z) ≈ g·(z - ẑ) - ½ (z - ẑ)ᵀ P (z - ẑ). Moment matching with
+        # p(z0 | u_t) ≈ N(ẑ, K), K = S Σ_{0|t} S: the guided mean moves by K (I + P K)^{-1} g,
+        # exact when the likelihood is Gaussian in z.
+        precision = self._precision(z_hat)
         dim = u.shape[1]
         eye = torch.eye(dim, dtype=u.dtype, device=u.device)
         jac = torch.stack(  # rows of J = ∂û/∂u_t, (N, D, D)
