@@ -12,6 +12,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from sbiflow.comparison.model_comparison import ModelComparison
+from sbiflow.diffusion.score_prior import ScorePrior
 from sbiflow.inference.base import NeuralInference
 from sbiflow.inference.nle import NLE
 from sbiflow.inference.npe import NPE
@@ -22,14 +23,21 @@ __all__ = ["ModelFileError", "load", "save"]
 FORMAT = "sbiflow"
 #: 2: NSF layers as ``sbiflow.estimators.coupling`` (one context projection for all layers).
 FORMAT_VERSION = 2
-_CLASSES: dict[str, type] = {"NLE": NLE, "NPE": NPE, "ModelComparison": ModelComparison}
+_CLASSES: dict[str, type] = {
+    "NLE": NLE,
+    "NPE": NPE,
+    "ModelComparison": ModelComparison,
+    "ScorePrior": ScorePrior,
+}
+#: Models with no prior over θ to store.
+_PRIORLESS = (ModelComparison, ScorePrior)
 
 
 class ModelFileError(ValueError):
     """A file is not a readable sbiflow model (corrupted, truncated or foreign)."""
 
 
-def save(model: NeuralInference | ModelComparison, path: str | os.PathLike) -> None:
+def save(model: NeuralInference | ModelComparison | ScorePrior, path: str | os.PathLike) -> None:
     """Write a trained model to ``path``: weights, configuration, standardization, prior.
 
     The file loads with ``torch.load(weights_only=True)``: it holds tensors and plain types
@@ -37,7 +45,7 @@ def save(model: NeuralInference | ModelComparison, path: str | os.PathLike) -> N
     normal) are stored; any other prior must be passed again to :func:`load`.
 
     Args:
-        model: A trained NPE, NLE or ModelComparison.
+        model: A trained NPE, NLE, ModelComparison or ScorePrior.
         path: Output file, e.g. ``"npe.pt"``.
     """
     name = type(model).__name__
@@ -63,7 +71,7 @@ def load(
     prior: Distribution | None = None,
     embedding_net: nn.Module | None = None,
     device: str = "cpu",
-) -> NeuralInference | ModelComparison:
+) -> NeuralInference | ModelComparison | ScorePrior:
     """Load a model written by :func:`save`.
 
     Args:
@@ -107,7 +115,7 @@ def load(
     cls = _CLASSES.get(payload.get("class", ""))
     if cls is None:
         raise ModelFileError(f"{path!r} holds an unknown model class {payload.get('class')!r}.")
-    if prior is None and cls is not ModelComparison:
+    if prior is None and cls not in _PRIORLESS:
         if payload.get("prior") is None:
             raise ValueError(
                 f"{path!r} was saved with a prior of a type sbiflow cannot store: pass it, "

@@ -199,11 +199,13 @@ def test_score_prior_save_load_round_trip(tmp_path, learned):
         loaded.denoise(u, torch.tensor(0.2)), learned.denoise(u, torch.tensor(0.2))
     )
     (tmp_path / "bad.pt").write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match="not a readable ScorePrior"):
+    with pytest.raises(sbiflow.ModelFileError, match="not a readable sbiflow model"):
         ScorePrior.load(tmp_path / "bad.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="not a ScorePrior file"):
+    with pytest.raises(sbiflow.ModelFileError, match="not an sbiflow model"):
         ScorePrior.load(tmp_path / "foreign.pt")
+    via_package = sbiflow.load(path)
+    assert isinstance(via_package, ScorePrior) and via_package.z_shape == (D,)
     with pytest.raises(FileNotFoundError):
         ScorePrior.load(tmp_path / "missing.pt")
 

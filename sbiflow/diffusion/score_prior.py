@@ -40,7 +40,6 @@ from sbiflow.training import TrainingConfig, TrainingHistory, train
 
 __all__ = ["ScorePrior"]
 
-_FORMAT = "sbiflow-score-prior"
 #: Largest D for the dense sample covariance chosen by ``covariance="auto"``.
 _MAX_FULL_DIM = 4096
 _EVAL_SEED = 0
@@ -294,42 +293,49 @@ class ScorePrior(nn.Module):
             raise RuntimeError("This ScorePrior is not fitted: call .fit(z_train) first.")
 
     # -- saving ---------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write weights and configuration (no pickled objects) to ``path``."""
+    def state(self) -> dict[str, Any]:
+        """Configuration and weights as plain types and tensors (for ``sbiflow.save``)."""
         self._check_fitted()
-        from sbiflow import __version__
-
-        payload = {
-            "format": _FORMAT,
-            "sbiflow_version": __version__,
+        return {
             "z_shape": list(self.z_shape),
             "options": self.options,
-            "state": self.state_dict(),
+            "weights": self.state_dict(),
         }
-        torch.save(payload, os.fspath(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ScorePrior:
-        """Load a prior written by :meth:`save`.
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        prior: Any = None,
+        embedding_net: Any = None,
+        device: str = "cpu",
+    ) -> ScorePrior:
+        """Rebuild a prior from :meth:`state` (``prior`` and ``embedding_net`` are unused)."""
+        options = dict(state["options"])
+        options["channels"] = tuple(options["channels"])
+        model = cls(tuple(state["z_shape"]), **options)
+        model.load_state_dict(state["weights"])
+        return model.to(device).eval()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights and configuration to ``path``; the same as ``sbiflow.save``."""
+        from sbiflow.serialization import save
+
+        save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> ScorePrior:
+        """Load a prior written by :meth:`save` or ``sbiflow.save``.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
-            ValueError: If the file is corrupted or not a saved ScorePrior.
+            sbiflow.ModelFileError: If the file is corrupted, foreign, or holds another model.
         """
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No such ScorePrior file: {path!r}.")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 (torch raises many types on a bad file)
-            raise ValueError(
-                f"{path!r} is not a readable ScorePrior file (corrupted or truncated): {error}"
-            ) from error
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path!r} is not a ScorePrior file (saved by ScorePrior.save).")
-        options = dict(payload["options"])
-        options["channels"] = tuple(options["channels"])
-        prior = cls(tuple(payload["z_shape"]), **options)
-        prior.load_state_dict(payload["state"])
-        prior.eval()
-        return prior
+        from sbiflow.serialization import ModelFileError, load
+
+        model = load(path, device=device)
+        if not isinstance(model, cls):
+            raise ModelFileError(
+                f"{os.fspath(path)!r} holds a {type(model).__name__}, not a ScorePrior."
+            )
+        return model
