@@ -192,7 +192,8 @@ def test_operator_shapes_layouts_dtypes():
     a = lensing_operator(LENSES[0])
     assert a.shape == (48 * 48, 32 * 32) and a.layout == torch.sparse_coo and a.is_coalesced()
     assert a.dtype == torch.float64 and bool((a.values() > 0).all())
-    with pytest.warns(UserWarning, match="beta"):  # torch's own note on CSR
+    with warnings.catch_warnings():  # torch notes once per process that CSR is in beta
+        warnings.simplefilter("ignore", UserWarning)
         csr = lensing_operator(LENSES[0], layout="csr", dtype=torch.float32)
     assert csr.layout == torch.sparse_csr and csr.dtype == torch.float32
     coo = csr.to_sparse_coo().coalesce()
