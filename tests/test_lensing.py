@@ -6,6 +6,7 @@ import dataclasses
 import doctest
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
