@@ -99,6 +99,11 @@ class GaussianScorePrior:
         m, s = self.sde.mean_scale(t.double()), self.sde.std(t.double())
         return self.covariance.apply(u, lambda lam: m * lam / (m**2 * lam + s**2))
 
+    def baseline_tweedie(self, v: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2 C + \sigma^2)^{-1} v` (exact)."""
+        m, s = self.sde.mean_scale(t.double()), self.sde.std(t.double())
+        return self.covariance.apply(v, lambda lam: s**2 * lam / (m**2 * lam + s**2))
+
     def terminal(self, n: int) -> Tensor:
         r"""Draws of :math:`u_1 \sim \mathcal{N}(0, m_1^2 C + \sigma_1^2 I)`, ``(n, D)``."""
         one = torch.ones((), dtype=torch.float64)

@@ -44,6 +44,7 @@ from sbiflow.estimators.sde import SDE
 __all__ = ["GUIDANCES", "DenoiserPrior", "posterior_denoiser"]
 
 GUIDANCES = ("mmps", "dps", "convolved")
+TWEEDIE = ("network", "baseline")
 #: Largest z dimension for the Laplace form of a nonlinear likelihood (D Hessian rows).
 MAX_LAPLACE_DIM = 64
 #: Rows whose Hessians are averaged into the Laplace precision shared by a batch.
@@ -66,6 +67,8 @@ class DenoiserPrior(Protocol):
 
     def denoise(self, u: Tensor, t: Tensor) -> Tensor: ...  # noqa: D102
 
+    def baseline_tweedie(self, v: Tensor, t: Tensor) -> Tensor: ...  # noqa: D102
+
     def terminal(self, n: int) -> Tensor: ...  # noqa: D102
 
     def to_z(self, u: Tensor) -> Tensor: ...  # noqa: D102
@@ -79,8 +82,9 @@ def posterior_denoiser(
     cg_iterations: int = 16,
     cg_tol: float = 1e-4,
     dps_scale: float = 1.0,
+    tweedie: str = "network",
 ) -> Denoiser:
-    """The guided denoiser for one observation ``y`` (see the module docstring).
+    r"""The guided denoiser for one observation ``y`` (see the module docstring).
 
     Args:
         prior: The diffusion prior.
@@ -91,7 +95,14 @@ def posterior_denoiser(
             ``"convolved"``; each ``"mmps"`` iteration is one backward pass of the prior).
         cg_tol: Relative residual at which CG stops early.
         dps_scale: Factor on the DPS likelihood score.
+        tweedie: The covariance :math:`\Sigma_{0|t}` inside MMPS's conjugate-gradient solve:
+            ``"network"`` (the prior denoiser's Jacobian, by vector-Jacobian products) or
+            ``"baseline"`` (the learned prior's Gaussian baseline, in closed form: positive
+            definite and free, where a learned Jacobian can be indefinite). The final
+            update goes through the network's Jacobian either way.
     """
+    if tweedie not in TWEEDIE:
+        raise ValueError(f"Unknown tweedie {tweedie!r}; choose one of {TWEEDIE}.")
     if guidance not in GUIDANCES:
         raise ValueError(f"Unknown guidance {guidance!r}; choose one of {GUIDANCES}.")
     if isinstance(likelihood, LinearGaussianLikelihood):
@@ -138,8 +149,9 @@ class _LinearGuidance:
         cg_iterations: int,
         cg_tol: float,
         dps_scale: float,
+        tweedie: str = "network",
     ) -> None:
-        self.prior, self.guidance = prior, guidance
+        self.prior, self.guidance, self.tweedie = prior, guidance, tweedie
         self.op = likelihood.operator.to(prior.dtype)
         self.noise = likelihood.noise
         self.y = y.to(prior.dtype).reshape(1, -1)
@@ -180,9 +192,11 @@ class _LinearGuidance:
             return (u_hat + gamma * _vjp(u_hat, leaf, direction, retain=False)).detach()
 
         def cov_y(v: Tensor) -> Tensor:  # Σ_y + A S Σ_{0|t} S Aᵀ
-            return self.noise.cov(v) + self.op(
-                self.scale * gamma * _vjp(u_hat, leaf, self._adjoint_u(v))
-            )
+            if self.tweedie == "baseline":
+                cov_u = self.prior.baseline_tweedie(self._adjoint_u(v), t)
+            else:
+                cov_u = gamma * _vjp(u_hat, leaf, self._adjoint_u(v))
+            return self.noise.cov(v) + self.op(self.scale * cov_u)
 
         v = conjugate_gradient(cov_y, r, self.cg_iterations, self.cg_tol)
         return (u_hat + gamma * _vjp(u_hat, leaf, self._adjoint_u(v), retain=False)).detach()

@@ -57,6 +57,10 @@ class DiffusionPosterior:
         cg_iterations: Largest number of conjugate-gradient iterations per step.
         cg_tol: Relative residual at which CG stops.
         dps_scale: Factor on the DPS likelihood score.
+        tweedie: ``"network"`` (MMPS proper: the prior's Jacobian inside the CG solve) or
+            ``"baseline"`` (the learned prior's Gaussian baseline there: cheaper, and
+            robust where the network's Jacobian is not positive definite); see
+            ``sbiflow.diffusion.guidance.posterior_denoiser``.
         rho: Time-grid warping (1: uniform; larger: denser near :math:`t_{\min}`, where
             a sharp posterior takes shape).
         t_min: Last diffusion time. Its noise level (1e-5: :math:`\sigma \approx 10^{-3}` of
@@ -83,6 +87,7 @@ class DiffusionPosterior:
         cg_iterations: int = 16,
         cg_tol: float = 1e-4,
         dps_scale: float = 1.0,
+        tweedie: str = "network",
         rho: float = 3.0,
         t_min: float = 1e-5,
         batch_size: int = 1024,
@@ -99,6 +104,7 @@ class DiffusionPosterior:
         self.guidance, self.sampler, self.steps = guidance, sampler, int(steps)
         self.cg_iterations, self.cg_tol = int(cg_iterations), float(cg_tol)
         self.dps_scale, self.rho, self.t_min = float(dps_scale), float(rho), float(t_min)
+        self.tweedie = tweedie
         self.batch_size, self.progress = int(batch_size), bool(progress)
 
     def sample(self, n: int, y: Tensor, seed: int | None = None) -> Tensor:
@@ -123,6 +129,7 @@ class DiffusionPosterior:
             cg_iterations=self.cg_iterations,
             cg_tol=self.cg_tol,
             dps_scale=self.dps_scale,
+            tweedie=self.tweedie,
         )
         times = time_grid(self.steps, self.t_min, self.rho)
         with torch.random.fork_rng(enabled=seed is not None):

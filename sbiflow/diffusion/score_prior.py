@@ -191,6 +191,12 @@ class ScorePrior(nn.Module):
         m, s = self.sde.mean_scale(t), self.sde.std(t)
         return (u - s * self._eps(u, t)) / m
 
+    def baseline_tweedie(self, v: Tensor, t: Tensor) -> Tensor:
+        r"""Baseline :math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2C + \sigma^2)^{-1} v`."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        m, s = self.sde.mean_scale(t), self.sde.std(t)
+        return self.covariance.apply(v, lambda lam: s**2 * lam / (m**2 * lam + s**2))
+
     def terminal(self, n: int) -> Tensor:
         """Draws of the diffused baseline at t = 1, ``(n, D)``: where sampling starts."""
         one = torch.ones((), dtype=torch.float32)

@@ -14,6 +14,9 @@ from torch import Tensor
 
 __all__ = ["conjugate_gradient"]
 
+#: Residual growth (relative to |b|) at which a row is taken as diverging and stopped.
+_BLOWUP = 100.0
+
 
 def conjugate_gradient(
     apply: Callable[[Tensor], Tensor],
@@ -33,7 +36,10 @@ def conjugate_gradient(
             ``|b|`` (0: always run ``iterations``).
 
     Returns:
-        The approximate solutions ``(N, M)``.
+        The approximate solutions ``(N, M)``. A row stops early where K shows
+        non-positive curvature or its residual grows 100-fold (safeguards for operators
+        that are only nearly positive definite, such as a learned prior's Tweedie
+        covariance).
     """
     v = torch.zeros_like(b)
     r = b.clone()
@@ -41,14 +47,24 @@ def conjugate_gradient(
     rs = (r * r).sum(dim=-1, keepdim=True)
     target = (tol**2) * rs
     tiny = torch.finfo(b.dtype).tiny
+    blowup = _BLOWUP**2 * rs
+    active = torch.ones_like(rs, dtype=torch.bool)
     for _ in range(iterations):
         kp = apply(p)
         curvature = (p * kp).sum(dim=-1, keepdim=True)
-        alpha = torch.where(curvature > tiny, rs / curvature.clamp_min(tiny), 0.0)
-        v = v + alpha * p
-        r = r - alpha * kp
-        rs_new = (r * r).sum(dim=-1, keepdim=True)
-        if tol > 0 and bool((rs_new <= target).all()):
+        # A learned prior's Tweedie covariance need not be positive definite; a row whose
+        # operator shows non-positive curvature stops where it is (CG would diverge there).
+        active = active & (curvature > tiny)
+        alpha = torch.where(active, rs / curvature.clamp_min(tiny), 0.0)
+        v_next, r_next = v + alpha * p, r - alpha * kp
+        rs_new = (r_next * r_next).sum(dim=-1, keepdim=True)
+        # CG's residual may rise between iterations, but not by orders of magnitude unless
+        # K is indefinite: such a row keeps its previous iterate and stops.
+        active = active & (rs_new <= blowup)
+        v = torch.where(active, v_next, v)
+        r = torch.where(active, r_next, r)
+        rs_new = torch.where(active, rs_new, rs)
+        if tol > 0 and bool(((rs_new <= target) | ~active).all()):
             break
         p = r + torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), 0.0) * p
         rs = rs_new
