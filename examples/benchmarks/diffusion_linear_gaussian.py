@@ -57,7 +57,10 @@ def field_covariance(side: int, length: float = 1.5, nugget: float = 1e-3):
     row = (1 - nugget) * row / row[0, 0]
     row[0, 0] += nugget
     power = torch.fft.rfft2(row).real
-    iy, ix = torch.arange(side * side).div(side, rounding_mode="floor"), torch.arange(side * side) % side
+    iy, ix = (
+        torch.arange(side * side).div(side, rounding_mode="floor"),
+        torch.arange(side * side) % side,
+    )
     dense = row[(iy[None, :] - iy[:, None]) % side, (ix[None, :] - ix[:, None]) % side]
     return dense, power
 
@@ -176,27 +179,45 @@ def run_azula(args) -> dict:
     cov, power = field_covariance(side)
     evals, evecs = torch.linalg.eigh(cov)
     ours_prior = GaussianScorePrior(
-        torch.zeros(side, side), FourierCovariance((side, side), power), scale=torch.ones(side, side)
+        torch.zeros(side, side),
+        FourierCovariance((side, side), power),
+        scale=torch.ones(side, side),
     )
     steps = 32  # ours: Heun ODE, 2 denoiser calls per step + 1
     nfe = 2 * steps + 1
     schedule = VPSchedule()
-    gauss = GaussianDenoiser(torch.zeros(side * side, dtype=torch.float64), FullCovariance(evecs, evals), schedule)
+    gauss = GaussianDenoiser(
+        torch.zeros(side * side, dtype=torch.float64), FullCovariance(evecs, evals), schedule
+    )
     results = {}
     for kind in ("mask_blur", "dense"):
         for noise in (0.1, 0.01):
             acc = {"sbiflow_mmps": [], "azula_mmps": [], "azula_dps": []}
             for i, p in enumerate(problems(side, kind, noise, args.azula_problems, seed=side)):
                 a = p["A"].to_dense()
+                forward = a.T.clone()
+
+                def apply_a(x, forward=forward):
+                    return x @ forward
+
                 lik = LinearGaussianLikelihood(p["A"], noise)
-                post = DiffusionPosterior(ours_prior, lik, steps=steps, cg_iterations=args.cg, cg_tol=1e-5, progress=False)
+                post = DiffusionPosterior(
+                    ours_prior, lik, steps=steps, cg_iterations=args.cg, cg_tol=1e-5, progress=False
+                )
                 acc["sbiflow_mmps"].append(score(post.sample(args.samples, y=p["y"], seed=i), p))
                 torch.manual_seed(i)
-                mmps = MMPSDenoiser(gauss, p["y"], lambda x: x @ a.T, IsotropicCovariance(torch.tensor(noise**2, dtype=torch.float64)), solver="cg", iterations=args.cg)
+                mmps = MMPSDenoiser(
+                    gauss,
+                    p["y"],
+                    apply_a,
+                    IsotropicCovariance(torch.tensor(noise**2, dtype=torch.float64)),
+                    solver="cg",
+                    iterations=args.cg,
+                )
                 sampler = DDPMSampler(mmps, steps=nfe, silent=True)
                 x1 = sampler.init((args.samples, side * side), dtype=torch.float64)
                 acc["azula_mmps"].append(score(sampler(x1), p))
-                dps = DPSSampler(gauss, p["y"], lambda x: x @ a.T, zeta=1.0, steps=nfe, silent=True)
+                dps = DPSSampler(gauss, p["y"], apply_a, zeta=1.0, steps=nfe, silent=True)
                 x1 = dps.init((args.samples, side * side), dtype=torch.float64)
                 acc["azula_dps"].append(score(dps(x1), p))
             key = f"{kind}/noise={noise}"
@@ -224,17 +245,30 @@ def run_azula(args) -> dict:
     timing = {}
     for iters in (1, 4):
         lik = LinearGaussianLikelihood(a, 0.1)
-        post = DiffusionPosterior(prior, lik, steps=steps, cg_iterations=iters, cg_tol=0.0, progress=False)
+        post = DiffusionPosterior(
+            prior, lik, steps=steps, cg_iterations=iters, cg_tol=0.0, progress=False
+        )
         t0 = time.perf_counter()
         post.sample(args.samples, y=y, seed=0)
         ours = (time.perf_counter() - t0) / nfe
-        mm = MMPSDenoiser(Wrapped(), y, lambda x: x @ a.T, IsotropicCovariance(torch.tensor(0.01)), solver="cg", iterations=iters)
+        mm = MMPSDenoiser(
+            Wrapped(),
+            y,
+            lambda x: x @ a.T,
+            IsotropicCovariance(torch.tensor(0.01)),
+            solver="cg",
+            iterations=iters,
+        )
         sampler = DDPMSampler(mm, steps=nfe, stop=1e-5, silent=True)
         x1 = sampler.init((args.samples, side * side))
         t0 = time.perf_counter()
         sampler(x1)
         theirs = (time.perf_counter() - t0) / nfe
-        timing[f"cg={iters}"] = {"sbiflow_ms": 1e3 * ours, "azula_ms": 1e3 * theirs, "ratio": ours / theirs}
+        timing[f"cg={iters}"] = {
+            "sbiflow_ms": 1e3 * ours,
+            "azula_ms": 1e3 * theirs,
+            "ratio": ours / theirs,
+        }
         print("time per denoiser call", iters, timing[f"cg={iters}"], flush=True)
     return {"accuracy": results, "time_per_call": timing, "nfe": nfe}
 
@@ -277,7 +311,9 @@ def run_nle(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--parts", nargs="+", default=["exact", "learned", "azula", "nle"])
     parser.add_argument("--sides", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--problems", type=int, default=20)
@@ -300,25 +336,82 @@ def main() -> None:
         payload["learned"] = run_learned(args)
         rows += payload["learned"]
     if rows:
-        tables.append(markdown_table(
-            ["prior", "D", "A", "noise", "mean RMS err (post. std)", "std within 10%", "median std ratio", "90% coverage", "s"],
-            [[r["prior"], str(r["D"]), r["A"], str(r["noise"]), f"{r['mean_rms']:.3f}", f"{r['std_ok']:.3f}", f"{r['std_ratio_median']:.3f}", f"{r['coverage90']:.3f}", f"{r['seconds']:.0f}"] for r in rows],
-        ))
+        tables.append(
+            markdown_table(
+                [
+                    "prior",
+                    "D",
+                    "A",
+                    "noise",
+                    "mean RMS err (post. std)",
+                    "std within 10%",
+                    "median std ratio",
+                    "90% coverage",
+                    "s",
+                ],
+                [
+                    [
+                        r["prior"],
+                        str(r["D"]),
+                        r["A"],
+                        str(r["noise"]),
+                        f"{r['mean_rms']:.3f}",
+                        f"{r['std_ok']:.3f}",
+                        f"{r['std_ratio_median']:.3f}",
+                        f"{r['coverage90']:.3f}",
+                        f"{r['seconds']:.0f}",
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     if "azula" in args.parts:
         payload["azula"] = run_azula(args)
         acc = payload["azula"]["accuracy"]
-        tables.append(markdown_table(
-            ["case", "W2/σ sbiflow MMPS", "W2/σ azula MMPS", "W2/σ azula DPS", "cov90 sbiflow / azula MMPS / DPS"],
-            [[k, f"{v['sbiflow_mmps']['w2_rel']:.3f}", f"{v['azula_mmps']['w2_rel']:.3f}", f"{v['azula_dps']['w2_rel']:.3f}",
-              f"{v['sbiflow_mmps']['coverage90']:.3f} / {v['azula_mmps']['coverage90']:.3f} / {v['azula_dps']['coverage90']:.3f}"] for k, v in acc.items()],
-        ))
-        tables.append(markdown_table(
-            ["CG iterations", "sbiflow ms/call", "azula ms/call", "ratio"],
-            [[k, f"{v['sbiflow_ms']:.2f}", f"{v['azula_ms']:.2f}", f"{v['ratio']:.2f}"] for k, v in payload["azula"]["time_per_call"].items()],
-        ))
+        tables.append(
+            markdown_table(
+                [
+                    "case",
+                    "W2/σ sbiflow MMPS",
+                    "W2/σ azula MMPS",
+                    "W2/σ azula DPS",
+                    "cov90 sbiflow / azula MMPS / DPS",
+                ],
+                [
+                    [
+                        k,
+                        f"{v['sbiflow_mmps']['w2_rel']:.3f}",
+                        f"{v['azula_mmps']['w2_rel']:.3f}",
+                        f"{v['azula_dps']['w2_rel']:.3f}",
+                        " / ".join(
+                            f"{v[m]['coverage90']:.3f}"
+                            for m in ("sbiflow_mmps", "azula_mmps", "azula_dps")
+                        ),
+                    ]
+                    for k, v in acc.items()
+                ],
+            )
+        )
+        tables.append(
+            markdown_table(
+                ["CG iterations", "sbiflow ms/call", "azula ms/call", "ratio"],
+                [
+                    [k, f"{v['sbiflow_ms']:.2f}", f"{v['azula_ms']:.2f}", f"{v['ratio']:.2f}"]
+                    for k, v in payload["azula"]["time_per_call"].items()
+                ],
+            )
+        )
     if "nle" in args.parts:
         payload["nle"] = run_nle(args)
-        tables.append(markdown_table(["observation", "C2ST", "s"], [[str(r["observation"]), f"{r['c2st']:.3f}", f"{r['seconds']:.1f}"] for r in payload["nle"]["runs"]]))
+        tables.append(
+            markdown_table(
+                ["observation", "C2ST", "s"],
+                [
+                    [str(r["observation"]), f"{r['c2st']:.3f}", f"{r['seconds']:.1f}"]
+                    for r in payload["nle"]["runs"]
+                ],
+            )
+        )
     for table in tables:
         print(table, "\n")
     write_json(args.out, payload)
