@@ -13,11 +13,26 @@ from sbiflow.comparison.losses import LOSSES, leaky_parity_odd_power
 from sbiflow.embeddings import EMBEDDINGS, build_embedding, default_embedding
 from sbiflow.estimators.base import Standardizer
 
-__all__ = ["BatchedLinear", "ComparisonNetwork", "check_embedding", "member_embeddings"]
+__all__ = [
+    "BatchedLinear",
+    "ComparisonNetwork",
+    "QuadraticSkip",
+    "Whitener",
+    "check_embedding",
+    "member_embeddings",
+]
 
 #: The output layer starts with weights this much smaller than ``nn.Linear``'s (as Evidence
 #: Networks scale their output by 0.1), so training starts near equal odds for every x.
 INITIAL_OUTPUT_SCALE = 0.1
+#: :class:`Whitener` raises eigenvalues of the training covariance (of standardized x, whose
+#: eigenvalues average 1) to at least this share of their mean.
+WHITEN_FLOOR = 1e-3
+#: Flat x with more features than this is standardized only (a D x D whitening matrix of
+#: 4096 features is 64 MB and its eigendecomposition takes seconds).
+MAX_WHITEN_FEATURES = 2048
+#: Learned squared projections of :class:`QuadraticSkip` (``None``: ``hidden_features``).
+QUADRATIC_RANK: int | None = None
 
 
 class BatchedLinear(nn.Module):
@@ -50,6 +65,76 @@ class BatchedLinear(nn.Module):
         return torch.baddbmm(self.bias, h, self.weight)
 
 
+class Whitener(nn.Module):
+    r"""PCA whitening of flat x, learned from training data and saved with the weights.
+
+    :math:`w = (z - \bar z)\, V \Lambda^{-1/2}` from the eigendecomposition
+    :math:`V \Lambda V^\top` of the training covariance; eigenvalues below
+    ``WHITEN_FLOOR`` times their mean are raised to it, so a direction the simulations
+    barely vary along is not blown up.
+
+    Args:
+        dim: Number of features ``D``.
+
+    Example:
+        >>> whitener = Whitener(2)
+        >>> whitener.fit(torch.randn(500, 2) @ torch.tensor([[3.0, 0.0], [2.0, 0.5]]))
+        >>> w = whitener(torch.randn(500, 2))
+        >>> w.shape
+        torch.Size([500, 2])
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("matrix", torch.eye(dim))
+
+    @torch.no_grad()
+    def fit(self, data: Tensor) -> None:
+        """Learn the mean and whitening matrix from ``data`` ``(N, D)``."""
+        x = data.double()
+        mean = x.mean(dim=0)
+        covariance = torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1])
+        values, vectors = torch.linalg.eigh(covariance)  # ascending
+        values = values.clamp(min=WHITEN_FLOOR * float(values.mean().clamp(min=1e-12)))
+        matrix = (vectors / values.sqrt()).flip(dims=(1,))  # largest variance first
+        self.mean.copy_(mean.float())
+        self.matrix.copy_(matrix.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Whiten ``(B, D)``."""
+        return (x - self.mean) @ self.matrix
+
+
+class QuadraticSkip(nn.Module):
+    r"""Scores linear in :math:`h`, :math:`h^2` and :math:`(U h)^2`, added to the MLP's.
+
+    The log Bayes factor between Gaussian evidences is a quadratic form of x; through this
+    skip the head represents it exactly (the diagonal through :math:`h^2`, any rank-``rank``
+    part through the learned projections :math:`U`), and the MLP learns what is left. The
+    output weights start at zero, so training starts from the MLP alone.
+
+    Args:
+        members: Ensemble size ``K``.
+        in_features: Features ``D`` of h.
+        rank: Learned projections ``r``.
+        outputs: Scores per member.
+    """
+
+    def __init__(self, members: int, in_features: int, rank: int, outputs: int) -> None:
+        super().__init__()
+        self.project = BatchedLinear(members, in_features, rank)
+        self.linear = BatchedLinear(members, 2 * in_features + rank, outputs)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Map ``(K, B, D)`` to ``(K, B, outputs)``."""
+        u = self.project(h)  # (K, B, r)
+        return self.linear(torch.cat([h, h * h, u * u], dim=-1))
+
+
 class ComparisonNetwork(nn.Module):
     r"""Scores :math:`s_m(x)`, one per model, from ``K`` independently initialized members.
 
@@ -60,7 +145,8 @@ class ComparisonNetwork(nn.Module):
 
     For ``loss="cross_entropy"`` the head has ``M`` outputs, the scores. For
     ``loss="exponential"`` (two models) it has one output :math:`f`, and the scores are
-    :math:`(0, \mathrm{lPOP}(f))`.
+    :math:`(0, \mathrm{lPOP}(f))`. With ``quadratic``, a :class:`QuadraticSkip` from the
+    head's input adds to the scores (to the log-odds after l-POP).
 
     Args:
         x_shape: Shape of one observation.
@@ -70,6 +156,10 @@ class ComparisonNetwork(nn.Module):
         members: Ensemble size ``K``.
         hidden_features: Width of the head's hidden layers.
         num_layers: Hidden layers of the head.
+        whiten: Whiten flattened x (:class:`Whitener`, fitted by :meth:`fit_inputs`); only
+            without embeddings, where x goes to the head as a vector of at most
+            ``MAX_WHITEN_FEATURES``.
+        quadratic: Add the :class:`QuadraticSkip` (rank ``hidden_features``).
     """
 
     def __init__(
@@ -81,6 +171,8 @@ class ComparisonNetwork(nn.Module):
         members: int = 1,
         hidden_features: int = 128,
         num_layers: int = 3,
+        whiten: bool = False,
+        quadratic: bool = False,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -96,6 +188,8 @@ class ComparisonNetwork(nn.Module):
         width = (
             int(embeddings[0].out_features) if embeddings is not None else math.prod(self.x_shape)
         )
+        flat = embeddings is None and width <= MAX_WHITEN_FEATURES
+        self.whitener = Whitener(width) if whiten and flat else None
         sizes = [width] + [hidden_features] * num_layers
         self.hidden = nn.ModuleList(
             BatchedLinear(members, n_in, n_out)
@@ -106,6 +200,11 @@ class ComparisonNetwork(nn.Module):
         with torch.no_grad():  # start near equal odds: the exponential loss of large
             self.output.weight.mul_(INITIAL_OUTPUT_SCALE)  # early log-odds swamps a batch
             self.output.bias.zero_()
+        self.quadratic = (
+            QuadraticSkip(members, width, QUADRATIC_RANK or hidden_features, outputs)
+            if quadratic
+            else None
+        )
         # log of the training mix's model frequencies, set by ModelComparison.fit
         self.register_buffer("log_train_prior", torch.full((num_models,), -math.log(num_models)))
 
@@ -118,25 +217,46 @@ class ComparisonNetwork(nn.Module):
             "members": self.members,
             "hidden_features": self.hidden_features,
             "num_layers": self.num_layers,
+            "whiten": self.whitener is not None,
+            "quadratic": self.quadratic is not None,
         }
 
-    def features(self, x: Tensor) -> Tensor:
-        """Every member's last hidden layer ``(K, B, hidden_features)`` of x ``(B, *x_shape)``."""
+    @torch.no_grad()
+    def fit_inputs(self, x: Tensor) -> None:
+        """Learn the standardization (and whitening) of x from training data ``(N, *x_shape)``."""
+        self.standardizer.fit(x)
+        if self.whitener is not None:
+            self.whitener.fit(self.standardizer(x).flatten(start_dim=1))
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """Every member's head input ``(K, B, D)`` of x ``(B, *x_shape)``."""
         z = self.standardizer(x)
-        if self.embeddings is None:
-            h = z.flatten(start_dim=1).expand(self.members, -1, -1)  # (K, B, D)
-        else:
-            h = torch.stack([net(z) for net in self.embeddings])  # (K, B, E)
+        if self.embeddings is not None:
+            return torch.stack([net(z) for net in self.embeddings])  # (K, B, E)
+        z = z.flatten(start_dim=1)
+        if self.whitener is not None:
+            z = self.whitener(z)
+        return z.expand(self.members, -1, -1)  # (K, B, D)
+
+    def _hidden(self, h: Tensor) -> Tensor:
         for layer in self.hidden:
             h = nn.functional.silu(layer(h))  # (K, B, H)
         return h
 
+    def features(self, x: Tensor) -> Tensor:
+        """Every member's last hidden layer ``(K, B, hidden_features)`` of x ``(B, *x_shape)``."""
+        return self._hidden(self.inputs(x))
+
     def forward(self, x: Tensor) -> Tensor:
         """Scores ``(K, B, M)`` of x ``(B, *x_shape)``; their softmax is p_train(m | x)."""
-        out = self.output(self.features(x))  # (K, B, M) or (K, B, 1)
+        h = self.inputs(x)
+        out = self.output(self._hidden(h))  # (K, B, M) or (K, B, 1)
         if self.loss_name == "exponential":
-            log_odds = leaky_parity_odd_power(out)
-            return torch.cat([torch.zeros_like(log_odds), log_odds], dim=-1)  # (K, B, 2)
+            out = leaky_parity_odd_power(out)
+        if self.quadratic is not None:
+            out = out + self.quadratic(h)
+        if self.loss_name == "exponential":
+            return torch.cat([torch.zeros_like(out), out], dim=-1)  # (K, B, 2)
         return out
 
     def loss(self, labels: Tensor, x: Tensor) -> Tensor:
