@@ -45,6 +45,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "quadratic_ensemble5": ({"whiten": False, "quadratic": True, "ensemble": 5}, {}),
     "quadratic_rank16": ({"whiten": False, "quadratic": True}, {}),
     "quadratic_rank1": ({"whiten": False, "quadratic": True}, {}),
+    "quadratic_l2_1e-5": ({"whiten": False, "quadratic": True}, {}),
+    "quadratic_l2_1e-4": ({"whiten": False, "quadratic": True}, {}),
+    "quadratic_l2_1e-3": ({"whiten": False, "quadratic": True}, {}),
+    "quadratic_l2_3e-3": ({"whiten": False, "quadratic": True}, {}),
+    "quadratic_l2_1e-2": ({"whiten": False, "quadratic": True}, {}),
     "wide": ({**OLD, "hidden_features": 256, "num_layers": 4}, {}),
     "patient": (OLD, {"stop_after_epochs": 50, "min_patience": None, "lr_decays": 2}),
     "small_lr": (OLD, {"learning_rate": 5e-4}),
@@ -70,6 +75,19 @@ class Regression(nn.Module):
         learned = scores - scores[..., :1]
         exact = target - target[:, :1]  # (B, M)
         return (learned - exact).pow(2).sum(dim=-1).sum(dim=0)
+
+
+_CROSS_ENTROPY_LOSS = network.ComparisonNetwork.loss
+
+
+def l2_penalized(weight: float):
+    """``ComparisonNetwork.loss`` plus ``weight`` times the sum of squared weight matrices."""
+
+    def loss(self: nn.Module, labels: Tensor, x: Tensor) -> Tensor:
+        penalty = sum(p.pow(2).sum() for n, p in self.named_parameters() if n.endswith("weight"))
+        return _CROSS_ENTROPY_LOSS(self, labels, x) + weight * penalty
+
+    return loss
 
 
 def fit_regression(mc: ModelComparison, models: dict, n: int, seed: int, training: dict) -> None:
@@ -110,6 +128,11 @@ def main() -> None:
             for variant in args.variants:
                 options, training = VARIANTS[variant]
                 network.QUADRATIC_RANK = int(variant[14:]) if "_rank" in variant else None
+                network.ComparisonNetwork.loss = (
+                    l2_penalized(float(variant.split("_l2_")[1]))
+                    if "_l2_" in variant
+                    else _CROSS_ENTROPY_LOSS
+                )
                 mc = ModelComparison(models, **options)
                 start = time.perf_counter()
                 if variant.startswith("regress_"):
