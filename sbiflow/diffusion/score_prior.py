@@ -160,30 +160,17 @@ class ScorePrior(nn.Module):
     def _eps(self, u: Tensor, t: Tensor) -> Tensor:
         """Noise prediction for rows ``u`` ``(N, D)``; ``t`` a scalar or ``(N, 1)``."""
         m, s = self.sde.mean_scale(t), self.sde.std(t)
-        if t.numel() > 1:  # per-row times: the baseline acts row by row through the eigenbasis
-            base, white = self._baseline_rows(u, m, s)
-        else:
-            base = self.covariance.apply(u, lambda lam: s / (m**2 * lam + s**2))
-            white = self.covariance.apply(u, lambda lam: (m**2 * lam + s**2).rsqrt())
+        # Per-row times (N, 1) broadcast over the covariance's eigenvalues (D,) or (H, W/2+1).
+        rows = (-1,) + (1,) * self.covariance.evals.ndim if t.numel() > 1 else ()
+        mc, sc = m.reshape(rows), s.reshape(rows)
+        base = self.covariance.apply(u, lambda lam: sc / (mc**2 * lam + sc**2))
+        white = self.covariance.apply(u, lambda lam: (mc**2 * lam + sc**2).rsqrt())
         # The correction's weight s m² / (m² + s²): at small noise a correction to the score
         # (as in the score estimator); at large noise it fades like m², as the baseline's
         # error does (its mean and covariance are exact), so the Tweedie covariance
         # γ ∂û/∂u that guidance uses stays close to C instead of being swamped by the
         # network's Jacobian times γ = s²/m (~150 at t = 1).
         return base + self._net_out(white, t) * (s * m**2 / (m**2 + s**2))
-
-    def _baseline_rows(self, u: Tensor, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        """Baseline noise and whitened input for per-row ``m``, ``s`` ``(N, 1)``."""
-        if isinstance(self.covariance, EigenCovariance):
-            evecs, lam = self.covariance.evecs, self.covariance.evals
-            coef = u @ evecs  # (N, D)
-            var = m**2 * lam + s**2
-            return (coef * (s / var)) @ evecs.T, (coef * var.rsqrt()) @ evecs.T
-        maps = torch.fft.rfft2(u.reshape(-1, *self.z_shape))  # Fourier: diagonal per mode
-        lam = self.covariance.evals
-        var = m[:, :, None] ** 2 * lam + s[:, :, None] ** 2
-        back = lambda spec: torch.fft.irfft2(spec, s=self.z_shape).reshape(u.shape)  # noqa: E731
-        return back(maps * (s[:, :, None] / var)), back(maps * var.rsqrt())
 
     def denoise(self, u: Tensor, t: Tensor) -> Tensor:
         r""":math:`E[u_0 \mid u_t]` by Tweedie's formula, rows ``u`` ``(N, D)``, scalar ``t``."""
