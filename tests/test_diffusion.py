@@ -140,6 +140,43 @@ def test_conjugate_gradient_solves_each_row():
     torch.testing.assert_close(v, torch.linalg.solve(k, b.T).T)
 
 
+def test_preconditioned_conjugate_gradient_solves_each_row_in_fewer_iterations():
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    scales = torch.logspace(-3, 1, 8, dtype=torch.float64)  # condition number 1e4
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    k = q @ torch.diag(scales) @ q.T
+    exact = torch.linalg.solve(k, b.T).T
+    # P K has two distinct eigenvalues (1 and 1/2): preconditioned CG is exact in two steps.
+    near = scales.clone()
+    near[0] *= 2.0
+    near_inverse = q @ torch.diag(1.0 / near) @ q.T
+    v = conjugate_gradient(
+        lambda p: p @ k, b, iterations=2, precondition=lambda r: r @ near_inverse
+    )
+    torch.testing.assert_close(v, exact, rtol=1e-6, atol=1e-6)
+    plain = conjugate_gradient(lambda p: p @ k, b, iterations=2)
+    assert (plain - exact).norm() > 0.1 * exact.norm()  # unpreconditioned: far off
+
+
+@pytest.mark.parametrize("precondition", [None, False])
+def test_one_preconditioned_iteration_solves_a_gaussian_prior_exactly(problem, precondition):
+    """The baseline preconditioner is the system itself for a Gaussian prior: one CG step.
+
+    Negative control: without it one CG iteration (a steepest-descent step) is far off.
+    """
+    prior = GaussianScorePrior(torch.zeros(D), problem["cov"])
+    lik = LinearGaussianLikelihood(problem["A"], 0.01)  # informative data: ill-conditioned
+    post = DiffusionPosterior(
+        prior, lik, cg_iterations=1, precondition=precondition, progress=False
+    )
+    samples = post.sample(2000, y=problem["y"], seed=1).double()
+    mean, cov = gaussian_posterior(problem["y"], problem["A"], 0.01, problem["cov"])
+    mean_err, ratio = _errors(samples, {"mean": mean, "std": cov.diagonal().sqrt()})
+    exact = mean_err < 0.06 and 0.93 < ratio.min() and ratio.max() < 1.07
+    assert exact if precondition is None else not exact
+
+
 def test_fourier_covariance_equals_the_dense_circulant_matrix():
     h, w = 6, 8
     g = torch.Generator().manual_seed(0)
@@ -260,6 +297,10 @@ def test_clear_errors_for_bad_inputs(problem):
         ScorePrior((4,)).fit(torch.zeros(100, 5))
     with pytest.raises(TypeError, match="MultivariateNormal"):
         DiffusionPosterior(torch.distributions.Uniform(0, 1), lik)
+    with pytest.raises(ValueError, match="precondition=True needs a LinearGaussianLikelihood"):
+        DiffusionPosterior(prior, lambda z, y: z.sum(-1), precondition=True).sample(
+            2, y=torch.zeros(1)
+        )
 
 
 def test_top_level_names_are_the_module_classes():

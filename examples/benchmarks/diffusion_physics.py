@@ -18,7 +18,8 @@ uniform for a calibrated posterior whatever S; an element is covered at level L 
 marginals (the Gaussian-prior posterior without sampling error: the reference for what a
 Gaussian prior with the right two-point function achieves on the same data).
 
-Each (cg_iterations, steps) setting in ``--settings`` runs on the same maps and seeds.
+Each (cg_iterations, steps) setting in ``--settings`` runs on the same maps and seeds; a
+trailing ``n`` (``4x16n``) turns the baseline preconditioner off (plain CG).
 Priors are cached under ``--cache`` (keyed by their training options).
 
     taskset -c 1 python -u examples/benchmarks/diffusion_physics.py --problem galaxy \\
@@ -81,9 +82,23 @@ def cached_prior(kind: str, train, args) -> sbiflow.ScorePrior:
     return prior
 
 
-def parse_settings(text: str) -> list[tuple[int, int]]:
-    """``"4x16,8x16"`` -> [(cg_iterations, steps), ...]."""
-    return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]  # type: ignore[misc]
+def parse_settings(text: str) -> list[tuple[int, int, bool | None]]:
+    """``"4x16,16x16n"`` -> [(cg_iterations, steps, precondition), ...].
+
+    A trailing ``n`` turns the baseline preconditioner off (plain CG, as before it existed);
+    without it the posterior's default (``precondition=None``: on where it fits).
+    """
+    out = []
+    for item in text.split(","):
+        plain = item.endswith("n")
+        cg, steps = (int(v) for v in item.rstrip("n").split("x"))
+        out.append((cg, steps, False if plain else None))
+    return out
+
+
+def setting_key(setting: tuple[int, int, bool | None]) -> str:
+    cg, steps, pre = setting
+    return f"{cg}x{steps}" + ("n" if pre is False else "")
 
 
 def ranks(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -112,8 +127,8 @@ def run_problem(name: str, problems, prior, settings, args) -> dict:
         "truth_power": [],
         "settings": {},
     }
-    for cg, steps in settings:
-        out["settings"][f"{cg}x{steps}"] = {
+    for setting in settings:
+        out["settings"][setting_key(setting)] = {
             "sq": [],
             "u": [],
             "power": [],
@@ -131,10 +146,10 @@ def run_problem(name: str, problems, prior, settings, args) -> dict:
         out["truth_power"].append(gal.binned_power(truth.reshape(1, side, side))[0])
         line = [f"{name} {i:2d}: WF mse {out['wf']['sq'][-1]:.4g}"]
         lik = sbiflow.LinearGaussianLikelihood(a, noise)
-        for cg, steps in settings:
-            rec = out["settings"][f"{cg}x{steps}"]
+        for cg, steps, pre in settings:
+            rec = out["settings"][setting_key((cg, steps, pre))]
             post = sbiflow.DiffusionPosterior(
-                prior, lik, cg_iterations=cg, steps=steps, progress=False
+                prior, lik, cg_iterations=cg, steps=steps, precondition=pre, progress=False
             )
             start = time.perf_counter()
             z = post.sample(args.samples, y=y, seed=i).double().reshape(args.samples, -1)
@@ -219,12 +234,13 @@ def speed(prior, setting, args) -> dict:
     field = gal.Field()
     truth = field.draw(1, 99_999)[0]
     data = gal.observe(truth, field.pixel_std, seed=99_999)
-    cg, steps = setting
+    cg, steps, pre = setting
     post = sbiflow.DiffusionPosterior(
         prior,
         sbiflow.LinearGaussianLikelihood(data.A, data.noise),
         cg_iterations=cg,
         steps=steps,
+        precondition=pre,
         progress=False,
     )
     post.sample(2, y=data.y, seed=0)  # warm-up
@@ -232,7 +248,7 @@ def speed(prior, setting, args) -> dict:
     post.sample(SPEED_SAMPLES, y=data.y, seed=1)
     seconds = time.perf_counter() - start
     print(f"speed: {SPEED_SAMPLES} samples, cg {cg}, steps {steps}: {seconds:.1f} s", flush=True)
-    return {"setting": f"{cg}x{steps}", "samples": SPEED_SAMPLES, "seconds": seconds}
+    return {"setting": setting_key(setting), "samples": SPEED_SAMPLES, "seconds": seconds}
 
 
 def fmt_cov(cov: dict) -> str:

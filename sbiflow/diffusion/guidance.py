@@ -37,11 +37,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from sbiflow.diffusion.covariance import Covariance
 from sbiflow.diffusion.likelihoods import LinearGaussianLikelihood, LogLikelihood
+from sbiflow.diffusion.preconditioner import BaselinePreconditioner
 from sbiflow.diffusion.solve import conjugate_gradient
 from sbiflow.estimators.sde import SDE
 
-__all__ = ["GUIDANCES", "DenoiserPrior", "posterior_denoiser"]
+__all__ = ["GUIDANCES", "DenoiserPrior", "baseline_preconditioner", "posterior_denoiser"]
 
 GUIDANCES = ("mmps", "dps", "convolved")
 TWEEDIE = ("network", "baseline")
@@ -64,6 +66,7 @@ class DenoiserPrior(Protocol):
     t_min: float
     loc: Tensor
     scale: Tensor
+    covariance: Covariance
 
     def denoise(self, u: Tensor, t: Tensor) -> Tensor: ...  # noqa: D102
 
@@ -83,6 +86,7 @@ def posterior_denoiser(
     cg_tol: float = 1e-4,
     dps_scale: float = 1.0,
     tweedie: str = "network",
+    preconditioner: BaselinePreconditioner | None = None,
 ) -> Denoiser:
     r"""The guided denoiser for one observation ``y`` (see the module docstring).
 
@@ -100,6 +104,8 @@ def posterior_denoiser(
             ``"baseline"`` (the learned prior's Gaussian baseline, in closed form: positive
             definite and free, where a learned Jacobian can be indefinite). The final
             update goes through the network's Jacobian either way.
+        preconditioner: Preconditions MMPS's CG solve with the prior's Gaussian baseline
+            (:func:`baseline_preconditioner`; ``None``: plain CG).
     """
     if tweedie not in TWEEDIE:
         raise ValueError(f"Unknown tweedie {tweedie!r}; choose one of {TWEEDIE}.")
@@ -111,7 +117,17 @@ def posterior_denoiser(
                 f"A acts on {likelihood.in_features} numbers but z has {prior.dim} "
                 f"(shape {prior.z_shape})."
             )
-        return _LinearGuidance(prior, likelihood, y, guidance, cg_iterations, cg_tol, dps_scale)
+        return _LinearGuidance(
+            prior,
+            likelihood,
+            y,
+            guidance,
+            cg_iterations,
+            cg_tol,
+            dps_scale,
+            tweedie,
+            preconditioner,
+        )
     if guidance == "convolved":
         raise ValueError(
             "guidance='convolved' needs a LinearGaussianLikelihood; use 'mmps' or 'dps' for a "
@@ -124,6 +140,26 @@ def posterior_denoiser(
             "likelihood as a LinearGaussianLikelihood if it is linear-Gaussian."
         )
     return _LogLikelihoodGuidance(prior, likelihood, y, guidance, dps_scale)
+
+
+def baseline_preconditioner(
+    prior: DenoiserPrior, likelihood: LinearGaussianLikelihood
+) -> BaselinePreconditioner | None:
+    """The baseline preconditioner of MMPS's solve, or ``None`` where it does not fit.
+
+    ``None`` when the problem is too large for its dense ``(D, D)`` factorization
+    (``preconditioner.MAX_PRECONDITIONED_DIM``, ``MAX_DENSE_ENTRIES``).
+    """
+    if not BaselinePreconditioner.supports(likelihood.operator, prior.dim):
+        return None
+    sde = prior.sde
+    return BaselinePreconditioner(
+        likelihood.operator,
+        likelihood.noise,
+        prior.covariance,
+        prior.scale,
+        lambda t: (sde.mean_scale(t), sde.std(t)),
+    )
 
 
 def _prior_denoise_with_graph(prior: DenoiserPrior, u: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,8 +186,10 @@ class _LinearGuidance:
         cg_tol: float,
         dps_scale: float,
         tweedie: str = "network",
+        preconditioner: BaselinePreconditioner | None = None,
     ) -> None:
         self.prior, self.guidance, self.tweedie = prior, guidance, tweedie
+        self.preconditioner = preconditioner
         self.op = likelihood.operator.to(prior.dtype)
         self.noise = likelihood.noise
         self.y = y.to(prior.dtype).reshape(1, -1)
@@ -198,7 +236,9 @@ class _LinearGuidance:
                 cov_u = gamma * _vjp(u_hat, leaf, self._adjoint_u(v))
             return self.noise.cov(v) + self.op(self.scale * cov_u)
 
-        v = conjugate_gradient(cov_y, r, self.cg_iterations, self.cg_tol)
+        pre = self.preconditioner
+        precondition = None if pre is None else (lambda v: pre(v, t))
+        v = conjugate_gradient(cov_y, r, self.cg_iterations, self.cg_tol, precondition)
         return (u_hat + gamma * _vjp(u_hat, leaf, self._adjoint_u(v), retain=False)).detach()
 
 

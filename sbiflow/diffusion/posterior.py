@@ -9,8 +9,13 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from sbiflow.diffusion.gaussian import GaussianScorePrior
-from sbiflow.diffusion.guidance import GUIDANCES, DenoiserPrior, posterior_denoiser
-from sbiflow.diffusion.likelihoods import as_likelihood
+from sbiflow.diffusion.guidance import (
+    GUIDANCES,
+    DenoiserPrior,
+    baseline_preconditioner,
+    posterior_denoiser,
+)
+from sbiflow.diffusion.likelihoods import LinearGaussianLikelihood, as_likelihood
 from sbiflow.diffusion.sampling import SAMPLERS, denoiser_sample
 from sbiflow.estimators.sde import time_grid
 
@@ -61,6 +66,12 @@ class DiffusionPosterior:
             ``"baseline"`` (the learned prior's Gaussian baseline there: cheaper, and
             robust where the network's Jacobian is not positive definite); see
             ``sbiflow.diffusion.guidance.posterior_denoiser``.
+        precondition: Precondition MMPS's CG solve with the same system built from the
+            prior's Gaussian baseline (``sbiflow.diffusion.preconditioner``): one iteration
+            then solves a Gaussian prior's system, and a few a learned prior's, where plain
+            CG needs hundreds on informative data (e.g. lensing at peak S/N 10-30).
+            ``None`` (default): on for a linear-Gaussian likelihood whose problem is small
+            enough (D <= 4,096 and M x D <= 2^25); ``False``: plain CG.
         rho: Time-grid warping (1: uniform; larger: denser near :math:`t_{\min}`, where
             a sharp posterior takes shape).
         t_min: Last diffusion time. Its noise level (1e-5: :math:`\sigma \approx 10^{-3}` of
@@ -88,6 +99,7 @@ class DiffusionPosterior:
         cg_tol: float = 1e-4,
         dps_scale: float = 1.0,
         tweedie: str = "network",
+        precondition: bool | None = None,
         rho: float = 3.0,
         t_min: float = 1e-5,
         batch_size: int = 1024,
@@ -104,8 +116,27 @@ class DiffusionPosterior:
         self.guidance, self.sampler, self.steps = guidance, sampler, int(steps)
         self.cg_iterations, self.cg_tol = int(cg_iterations), float(cg_tol)
         self.dps_scale, self.rho, self.t_min = float(dps_scale), float(rho), float(t_min)
-        self.tweedie = tweedie
+        self.tweedie, self.precondition = tweedie, precondition
+        self._preconditioner: Any = None
         self.batch_size, self.progress = int(batch_size), bool(progress)
+
+    def _get_preconditioner(self) -> Any:
+        """The baseline preconditioner (built once), or ``None`` where it is off or unfit."""
+        linear = isinstance(self.likelihood, LinearGaussianLikelihood)
+        if self.precondition is False or self.guidance != "mmps" or not linear:
+            if self.precondition and not linear:
+                raise ValueError("precondition=True needs a LinearGaussianLikelihood.")
+            return None
+        if self.likelihood.in_features != self.prior.dim:
+            return None  # posterior_denoiser says what is wrong
+        if self._preconditioner is None:
+            self._preconditioner = baseline_preconditioner(self.prior, self.likelihood)
+            if self._preconditioner is None and self.precondition:
+                raise ValueError(
+                    "precondition=True: this problem is too large for the dense baseline "
+                    "preconditioner (D <= 4,096 and M x D <= 2^25); use precondition=False."
+                )
+        return self._preconditioner
 
     def sample(self, n: int, y: Tensor, seed: int | None = None) -> Tensor:
         """Draw ``n`` posterior samples given the observation ``y``.
@@ -130,6 +161,7 @@ class DiffusionPosterior:
             cg_tol=self.cg_tol,
             dps_scale=self.dps_scale,
             tweedie=self.tweedie,
+            preconditioner=self._get_preconditioner(),
         )
         times = time_grid(self.steps, self.t_min, self.rho)
         with torch.random.fork_rng(enabled=seed is not None):

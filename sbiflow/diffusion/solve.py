@@ -23,10 +23,12 @@ def conjugate_gradient(
     b: Tensor,
     iterations: int,
     tol: float = 0.0,
+    precondition: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     r"""Solve :math:`K v = b` row by row for a symmetric positive definite :math:`K`.
 
-    Starts at :math:`v = 0`; one iteration is the steepest-descent step along ``b``.
+    Starts at :math:`v = 0`; one iteration is the steepest-descent step along ``b`` (along
+    :math:`P b` with a preconditioner).
 
     Args:
         apply: ``v (N, M) -> K v (N, M)``, the same K-action on every row (each row its own K).
@@ -34,6 +36,8 @@ def conjugate_gradient(
         iterations: Largest number of iterations (products with K).
         tol: Stop early once every row's residual norm is below ``tol`` times its
             ``|b|`` (0: always run ``iterations``).
+        precondition: ``r (N, M) -> P r``, a symmetric positive definite approximation of
+            :math:`K^{-1}` (preconditioned CG; ``None``: plain CG).
 
     Returns:
         The approximate solutions ``(N, M)``. A row stops early where K shows
@@ -43,11 +47,13 @@ def conjugate_gradient(
     """
     v = torch.zeros_like(b)
     r = b.clone()
-    p = r.clone()
-    rs = (r * r).sum(dim=-1, keepdim=True)
-    target = (tol**2) * rs
+    z = r if precondition is None else precondition(r)
+    p = z.clone()
+    rs = (r * z).sum(dim=-1, keepdim=True)  # rᵀ P r
+    norm_b = (b * b).sum(dim=-1, keepdim=True)
+    target = (tol**2) * norm_b
     tiny = torch.finfo(b.dtype).tiny
-    blowup = _BLOWUP**2 * rs
+    blowup = _BLOWUP**2 * norm_b
     active = torch.ones_like(rs, dtype=torch.bool)
     for _ in range(iterations):
         kp = apply(p)
@@ -57,15 +63,16 @@ def conjugate_gradient(
         active = active & (curvature > tiny)
         alpha = torch.where(active, rs / curvature.clamp_min(tiny), 0.0)
         v_next, r_next = v + alpha * p, r - alpha * kp
-        rs_new = (r_next * r_next).sum(dim=-1, keepdim=True)
+        norm_r = (r_next * r_next).sum(dim=-1, keepdim=True)
         # CG's residual may rise between iterations, but not by orders of magnitude unless
         # K is indefinite: such a row keeps its previous iterate and stops.
-        active = active & (rs_new <= blowup)
+        active = active & (norm_r <= blowup)
         v = torch.where(active, v_next, v)
         r = torch.where(active, r_next, r)
-        rs_new = torch.where(active, rs_new, rs)
-        if tol > 0 and bool(((rs_new <= target) | ~active).all()):
+        if tol > 0 and bool(((norm_r <= target) | ~active).all()):
             break
-        p = r + torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), 0.0) * p
+        z = r if precondition is None else precondition(r)
+        rs_new = torch.where(active, (r * z).sum(dim=-1, keepdim=True), rs)
+        p = z + torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), 0.0) * p
         rs = rs_new
     return v
