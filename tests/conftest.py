@@ -26,3 +26,11 @@ def quick_npe(box_prior, toy_data):
     """A briefly trained NPE: enough for shape, support and file checks, not for accuracy."""
     theta, x = toy_data
     return sbiflow.NPE(box_prior).fit(theta, x, max_epochs=5, progress=False)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist every worker gets one thread: two workers on two cores, not four."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
