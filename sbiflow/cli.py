@@ -343,6 +343,7 @@ def compare(config: RunConfig) -> dict[str, Any]:
             embedding_net=section.embedding_net,
             loss=section.loss,
             ensemble=section.ensemble,
+            bootstrap=section.bootstrap,
             hidden_features=section.hidden_features,
             num_layers=section.num_layers,
         )

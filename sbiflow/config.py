@@ -125,17 +125,19 @@ class ComparisonSection:
     """Options of a model comparison (a config with a ``[models]`` section).
 
     ``n_per_model`` simulations per model train the classifier (``loss``, ``ensemble``,
-    ``embedding_net``, head size as in ``sbiflow.ModelComparison``); ``n_reference`` of them
-    are held out for the misspecification check; ``calibration_simulations`` fresh ones per
-    model measure the reliability. ``crosscheck = true`` also runs
-    ``ModelComparison.evidence_crosscheck`` on the observation: an NLE per model on
-    ``crosscheck_simulations`` simulations (``crosscheck_emulator``) and dynesty on the
-    exact likelihoods (``crosscheck_exact``), with ``crosscheck_nlive`` live points.
+    ``bootstrap``, ``embedding_net``, head size as in ``sbiflow.ModelComparison``);
+    ``n_reference`` of them are held out for the misspecification check;
+    ``calibration_simulations`` fresh ones per model measure the reliability.
+    ``crosscheck = true`` also runs ``ModelComparison.evidence_crosscheck`` on the
+    observation: an NLE per model on ``crosscheck_simulations`` simulations
+    (``crosscheck_emulator``) and dynesty on the exact likelihoods (``crosscheck_exact``),
+    with ``crosscheck_nlive`` live points.
     """
 
     n_per_model: int = 20_000
     loss: str = "cross_entropy"
     ensemble: int = 1
+    bootstrap: bool = True
     embedding_net: Any = "auto"
     hidden_features: int = 128
     num_layers: int = 3

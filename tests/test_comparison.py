@@ -14,6 +14,7 @@ from sbiflow.inference.base import NotFittedError
 DIM = 10
 N_TRAIN = 10_000  # per model
 N_TEST = 2_000  # per model
+N_BOOTSTRAP = 3_000  # per model, for the ensemble error-bar check
 # Tolerances at this budget. The learned log K of the prior-width pair (exact log K spread
 # 3.4 nats) is measured at RMSE 0.31 nats where |log K| <= 5 (0.28 without the quadratic
 # skip); a classifier trained on the wrong pair (prior width 3 instead of 2) is off by
@@ -136,6 +137,26 @@ def test_ensemble_gives_a_spread(mc, test_sets):
     assert torch.equal(mean, mc.log_bayes_factor(x, "width_2", "width_1"))
     single_mean, single_std = mc.log_bayes_factor(x[0], "width_2", "width_1", return_std=True)
     assert isinstance(single_std, float) and single_std > 0
+
+
+def test_bootstrap_error_bars_cover_the_exact_log_bayes_factor(models, exact):
+    """Bootstrapped members: the spread is the classifier's error, not its seed noise.
+
+    Negative control: members that differ only in initialization (``bootstrap=False``),
+    whose spread covers the exact log K far less often than nominal.
+    """
+    x, exact_log_k = exact
+    keep = exact_log_k.abs() <= 5.0
+    cover = {}
+    for bootstrap in (True, False):
+        mc = ModelComparison(models, ensemble=5, bootstrap=bootstrap)
+        mc.fit(N_BOOTSTRAP, seed=3, progress=False)
+        mean, std = mc.log_bayes_factor(x[keep], "width_2", "width_1", return_std=True)
+        cover[bootstrap] = float(((mean - exact_log_k[keep]).abs() <= 2 * std).float().mean())
+    # Nominal 0.95 for a Gaussian error; measured 0.874 (0.871 at seed 4). The spread misses
+    # the classifier's bias, hence below nominal.
+    assert cover[True] >= 0.8
+    assert cover[False] <= 0.5  # measured 0.28 (0.26 at seed 4)
 
 
 def test_misspecification_flags_a_third_model_only(mc, test_sets):

@@ -63,8 +63,14 @@ def evaluate(mc: ModelComparison, models: dict, test: dict) -> dict:
     x = torch.cat(list(test.values()))
     log_z = {name: m.log_evidence(x) for name, m in models.items()}
     learned, exact = [], []
+    spread = []
     for a, b in itertools.combinations(models, 2):
-        learned.append(mc.log_bayes_factor(x, a, b).double())
+        if mc.ensemble >= 2:
+            mean, std = mc.log_bayes_factor(x, a, b, return_std=True)
+            spread.append(std.double())
+        else:
+            mean = mc.log_bayes_factor(x, a, b)
+        learned.append(mean.double())
         exact.append(log_z[a] - log_z[b])
     learned, exact = torch.cat(learned), torch.cat(exact)
     error = learned - exact
@@ -87,6 +93,16 @@ def evaluate(mc: ModelComparison, models: dict, test: dict) -> dict:
         "n_large": int(large.sum()),
         "decision_agreement": float((decision(learned) == decision(exact)).double().mean()),
         "n_pairs_datasets": int(exact.shape[0]),
+    } | (error_bar_coverage(error[moderate], torch.cat(spread)[moderate]) if spread else {})
+
+
+def error_bar_coverage(error: torch.Tensor, std: torch.Tensor) -> dict:
+    """How often the ensemble's error bar covers the exact log K (0.683 / 0.954 if calibrated)."""
+    z = (error / std.clamp_min(1e-12)).abs()
+    return {
+        "error_bar_cover_1sigma": float((z <= 1).double().mean()),
+        "error_bar_cover_2sigma": float((z <= 2).double().mean()),
+        "error_bar_median_std": float(std.median()),
     }
 
 
@@ -97,6 +113,9 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "exponential"])
     parser.add_argument("--ensemble", type=int, default=1)
+    parser.add_argument(
+        "--no-bootstrap", action="store_true", help="members differ by initialization only"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -108,7 +127,9 @@ def main() -> None:
         models = CASES[case]()
         if args.loss == "exponential" and len(models) != 2:
             continue
-        mc = ModelComparison(models, loss=args.loss, ensemble=args.ensemble)
+        mc = ModelComparison(
+            models, loss=args.loss, ensemble=args.ensemble, bootstrap=not args.no_bootstrap
+        )
         start = time.perf_counter()
         mc.fit(args.n_per_model, seed=args.seed, progress=False)
         fit_seconds = time.perf_counter() - start
@@ -132,6 +153,9 @@ def main() -> None:
                 f"{result['rmse_moderate']:.3f} ({result['n_moderate']})",
                 f"{fmt(result['relative_rms_large'], '.3f')} ({result['n_large']})",
                 f"{result['decision_agreement']:.4f}",
+                f"{result['error_bar_cover_1sigma']:.3f} / {result['error_bar_cover_2sigma']:.3f}"
+                if "error_bar_cover_1sigma" in result
+                else "-",
             ]
         )
     header = [
@@ -141,6 +165,7 @@ def main() -> None:
         "log K RMSE, abs(log K) ≤ 5 (≤0.1)",
         "rel. RMS error, 5 < abs(log K) ≤ 30 (≤0.1)",
         "decision agreement at 3 (≥0.995)",
+        "error bar covers exact, 1σ / 2σ (0.683 / 0.954)",
     ]
     print(f"\nloss {args.loss}, ensemble {args.ensemble}, {args.n_per_model} simulations per model")
     report(header, rows, args.out, args, runs)

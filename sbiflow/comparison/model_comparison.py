@@ -44,7 +44,13 @@ class ModelComparison:
     quadratic form of x, which an MLP alone learned poorly from class labels (1.39 nats RMSE
     against 0.63 with the skip on a 100-d pair at 2 x 10^4 simulations per model).
     ``ensemble=K`` trains ``K`` independently initialized members in one batched pass, so
-    each log Bayes factor gets a mean and a spread.
+    each log Bayes factor gets a mean and a spread. With ``bootstrap`` (the default) each
+    member weighs every simulation by its own Exponential(1) draw (the Bayesian bootstrap,
+    Rubin 1981), so the spread measures what a fresh set of simulations would change, the
+    classifier's main error, and not only the members' initializations. On a 10-d
+    prior-width pair (3,000 simulations per model, 5 members, two seeds) the spread covered
+    the exact log K at 2 sigma for 87% of datasets (nominal 95%; 26-28% without bootstrap)
+    and the mean's RMSE was 0.44-0.45 nats (0.43-0.50 without; Poisson(1) counts: 0.52-0.54).
 
     Args:
         simulators: ``{name: simulator}`` (objects with ``prior`` and ``simulate(theta,
@@ -58,6 +64,8 @@ class ModelComparison:
         loss: ``"cross_entropy"`` (default) or ``"exponential"`` (the l-POP exponential
             loss of Evidence Networks, two models only; for decisive Bayes factors).
         ensemble: Number of members ``K``.
+        bootstrap: Give each member (when ``K >= 2``) its own Bayesian-bootstrap weights
+            of the training simulations; ``False``: members differ in initialization only.
         hidden_features: Width of the head's hidden layers.
         num_layers: Hidden layers of the head.
         whiten: Whiten x (PCA of the training simulations) when it reaches the head as a
@@ -92,6 +100,7 @@ class ModelComparison:
         embedding_net: nn.Module | str | dict[str, Any] | None = "auto",
         loss: str = "cross_entropy",
         ensemble: int = 1,
+        bootstrap: bool = True,
         hidden_features: int = 128,
         num_layers: int = 3,
         whiten: bool = False,
@@ -118,7 +127,7 @@ class ModelComparison:
         self.prior_probs = model_prior(self.names, prior_probs)
         check_embedding(embedding_net)
         self.embedding_net = embedding_net
-        self.loss, self.ensemble = loss, ensemble
+        self.loss, self.ensemble, self.bootstrap = loss, ensemble, bool(bootstrap)
         self.hidden_features, self.num_layers = hidden_features, num_layers
         self.whiten, self.quadratic = bool(whiten), quadratic
         self.device = torch.device(device)
@@ -184,14 +193,22 @@ class ModelComparison:
         counts = torch.tensor([float(xm.shape[0]) for xm in train_x])
         labels = torch.cat([torch.full((len(xm),), m) for m, xm in enumerate(train_x)])
         data = torch.cat(train_x)
+        targets = self._targets(labels, generator)
         config = TrainingConfig(seed=seed, progress=progress, **training_options)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             network = self._network(data, counts)
-            self.history = train(network, labels.to(self.device), data.to(self.device), config)
+            self.history = train(network, targets.to(self.device), data.to(self.device), config)
         self.network = network.eval()
         self.reference = SummaryReference({n: self._summaries(h) for n, h in held_out.items()})
         return self
+
+    def _targets(self, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """Model indices ``(N,)``, or with bootstrap ``(N, 1 + K)``: index and K weights."""
+        if not (self.bootstrap and self.ensemble >= 2):
+            return labels
+        weights = torch.empty(len(labels), self.ensemble).exponential_(generator=generator)
+        return torch.cat([labels[:, None].float(), weights], dim=1)
 
     def _network(self, data: Tensor, counts: Tensor) -> ComparisonNetwork:
         """A fresh network with its input transforms and training mix learned from ``data``."""
@@ -443,6 +460,7 @@ class ModelComparison:
             "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
             "reference": {n: s.clone() for n, s in self.reference.summaries.items()},
             "history": self.history.as_dict(),
+            "bootstrap": self.bootstrap,
         }
 
     @classmethod
@@ -476,6 +494,7 @@ class ModelComparison:
             embedding_net=choice,
             loss=config["loss"],
             ensemble=members,
+            bootstrap=bool(state.get("bootstrap", False)),
             hidden_features=int(config["hidden_features"]),
             num_layers=int(config["num_layers"]),
             whiten=bool(config.get("whiten", False)),

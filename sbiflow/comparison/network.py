@@ -259,9 +259,18 @@ class ComparisonNetwork(nn.Module):
             return torch.cat([torch.zeros_like(out), out], dim=-1)  # (K, B, 2)
         return out
 
-    def loss(self, labels: Tensor, x: Tensor) -> Tensor:
-        """Training loss per sample ``(B,)``: the members' losses summed (each its own fit)."""
-        return LOSSES[self.loss_name](self(x), labels).sum(dim=0)
+    def loss(self, targets: Tensor, x: Tensor) -> Tensor:
+        """Training loss per sample ``(B,)``: the members' losses summed (each its own fit).
+
+        Args:
+            targets: Model indices ``(B,)``, or ``(B, 1 + K)``: the model index (as a float)
+                and each member's weight of the sample (bootstrap counts).
+            x: Simulations ``(B, *x_shape)``.
+        """
+        if targets.dim() == 1:
+            return LOSSES[self.loss_name](self(x), targets).sum(dim=0)
+        labels, weights = targets[:, 0].long(), targets[:, 1:].T  # (B,), (K, B)
+        return (LOSSES[self.loss_name](self(x), labels) * weights).sum(dim=0)
 
 
 def check_embedding(embedding_net: object) -> None:
