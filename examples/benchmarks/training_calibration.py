@@ -1,6 +1,6 @@
 """Held-out NLL (and optionally C2ST) of sbiflow's NPE training loop under several settings.
 
-Used to choose the training defaults recorded in docs/benchmarks.md, e.g.
+Used to choose the training defaults recorded in docs/results/history_npe.md, e.g.
 
     python examples/benchmarks/training_calibration.py two_moons 10000 \\
         512,1e-3,20,0 512,1e-3,20,1 --c2st

@@ -44,7 +44,7 @@ class NLE(NeuralInference):
     move with θ is exact from the first layer and the autoregressive layers model only the
     shape around it. On 10⁴ simulations this lowers the held-out KL to the true likelihood
     of gaussian_linear (10-d) from 0.34 (NSF) to 0.11 nats and the two-moons test NLL from
-    -4.10 (NSF) to -4.21 (docs/benchmarks.md). Pass ``conditional_affine=False`` for the
+    -4.10 (NSF) to -4.21 (docs/results/history_nle.md). Pass ``conditional_affine=False`` for the
     plain flow.
 
     The MAF starts at the least-squares linear-Gaussian fit of x on θ (``linear_start=True``:
