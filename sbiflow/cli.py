@@ -21,7 +21,7 @@ import torch
 
 from sbiflow.config import ConfigError, RunConfig, SimulatorSection, load_config
 
-__all__ = ["compare", "main", "run"]
+__all__ = ["compare", "main", "run", "simulators_text"]
 
 
 def _resolve_simulator(config: RunConfig) -> Any:
@@ -471,7 +471,11 @@ def _check_shapes(simulators: dict[str, Any], x_o: torch.Tensor, seed: int) -> N
             f"simulate x shaped {x_shape}."
         )
     if not bool(torch.isfinite(x_o).all()):
-        raise ConfigError("[observation]: the observation holds NaN or inf.")
+        from sbiflow.inference.base import nonfinite_where
+
+        raise ConfigError(
+            f"[observation]: the observation holds NaN or inf {nonfinite_where(x_o)}."
+        )
 
 
 def _observation_label(config: RunConfig, names: list[str]) -> str:
@@ -528,10 +532,47 @@ def _comparison_text(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def simulators_text(module: str = "simulators") -> str:
+    """A table of the registered simulators: name, parameters and the shape of x.
+
+    Args:
+        module: The registry module (anything with ``names()`` and ``get(name)``).
+
+    Returns:
+        One line per simulator (its default model).
+    """
+    try:
+        registry = importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"Cannot import the simulator registry {module!r}: {err}") from err
+    lines = [f"{'name':<18}{'x shape':<14}parameters"]
+    for name in registry.names():
+        sim = registry.get(name)
+        shape = (
+            "("
+            + ", ".join(str(n) for n in sim.x_shape)
+            + ("," if len(sim.x_shape) == 1 else "")
+            + ")"
+        )
+        lines.append(f"{name:<18}{shape:<14}{', '.join(sim.names)}")
+    lines.append(
+        "Options (e.g. model = 'cored' for the dwarf) go in [simulator] of a config; see "
+        "help(simulators.get(name))."
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sbiflow`` command."""
+    from sbiflow._version import __version__
+
     parser = argparse.ArgumentParser(prog="sbiflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sbiflow {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser(
+        "simulators", help="list the registered simulators with their parameters and x shapes"
+    )
+    listing.add_argument("--module", default="simulators", help="registry module")
     for command, text in (
         ("run", "run a TOML configuration end to end"),
         ("compare", "run a model comparison: a TOML configuration with a [models] section"),
@@ -542,6 +583,13 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
 
+    if args.command == "simulators":
+        try:
+            print(simulators_text(args.module))
+        except ConfigError as err:
+            print(f"sbiflow: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         config = load_config(args.config)
         if args.command == "compare" and not config.models:

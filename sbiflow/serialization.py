@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from sbiflow._version import __version__
 from sbiflow.comparison.model_comparison import ModelComparison
 from sbiflow.diffusion.score_prior import ScorePrior
 from sbiflow.inference.base import NeuralInference
@@ -51,8 +52,6 @@ def save(model: NeuralInference | ModelComparison | ScorePrior, path: str | os.P
     name = type(model).__name__
     if name not in _CLASSES:
         raise TypeError(f"Cannot save a {name}; known: {sorted(_CLASSES)}.")
-    from sbiflow import __version__
-
     payload: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -92,9 +91,10 @@ def load(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
+        detail = str(err) or f"{type(err).__name__} ({os.path.getsize(path)} bytes)"
         raise ModelFileError(
             f"{path!r} is not a readable sbiflow model file (corrupted, truncated, or written "
-            f"by another program): {err}"
+            f"by another program): {detail}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(

@@ -24,6 +24,8 @@ import torch
 import zarr
 from torch import Tensor
 
+from sbiflow._version import __version__
+
 __all__ = ["SimulationStore", "load_store"]
 
 FORMAT = "sbiflow.simulations/1"
@@ -221,9 +223,4 @@ def load_store(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
 
 
 def _version() -> str:
-    try:
-        from sbiflow import __version__
-
-        return str(__version__)
-    except ImportError:
-        return "unknown"
+    return str(__version__)

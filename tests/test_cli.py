@@ -187,3 +187,18 @@ def test_nle_run_samples_with_emcee_and_reports_the_evidence(tmp_path):
     assert np.allclose(samples.mean(axis=0), [0.05, -0.1], atol=0.03)
     assert np.allclose(samples.std(axis=0), np.sqrt(0.05), rtol=0.1)
     assert "dynesty: log Z" in (out / "summary.txt").read_text()
+
+
+def test_version_and_simulator_listing(capsys):
+    from sbiflow import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sbiflow {__version__}"
+    assert main(["simulators"]) == 0
+    out = capsys.readouterr().out
+    assert "dwarf             (150, 4)      log10_rho_s, log10_r_s, gamma, beta" in out
+    assert "two_moons         (2,)          theta_1, theta_2" in out
+    assert main(["simulators", "--module", "no_such_registry"]) == 2
+    assert "Cannot import the simulator registry 'no_such_registry'" in capsys.readouterr().err

@@ -84,6 +84,9 @@ def test_corrupted_truncated_and_foreign_files_give_clear_errors(quick_npe, tmp_
             sbiflow.load(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="No model file"):
         sbiflow.load(tmp_path / "missing.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(sbiflow.ModelFileError, match=r"model file \(.*\): EOFError \(0 bytes\)"):
+        sbiflow.load(tmp_path / "empty.pt")
 
 
 def test_newer_format_is_refused(quick_npe, tmp_path):

@@ -250,7 +250,7 @@ class ModelComparison:
         elif x.ndim != len(self.x_shape) + 1 or tuple(x.shape[1:]) != self.x_shape:
             raise ValueError(
                 f"x must be one observation shaped like one simulation, {self.x_shape}, or a "
-                f"batch (N, *{self.x_shape}); got {tuple(x.shape)}."
+                f"batch (N, {', '.join(map(str, self.x_shape))}); got {tuple(x.shape)}."
             )
         bad = ~torch.isfinite(x.flatten(start_dim=1)).all(dim=1)
         if bool(bad.any()):

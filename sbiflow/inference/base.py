@@ -22,6 +22,14 @@ class NotFittedError(RuntimeError):
     """The method needs a trained estimator: call ``fit`` (or ``sbiflow.load``) first."""
 
 
+def nonfinite_where(x: Tensor, most: int = 5) -> str:
+    """Where a tensor holds NaN/inf, for an error message: ``"at index (0, 3) and 2 more"``."""
+    bad = torch.nonzero(~torch.isfinite(x)).tolist()
+    shown = ", ".join(str(tuple(i)) for i in bad[:most])
+    more = f" and {len(bad) - most} more" if len(bad) > most else ""
+    return f"at index {shown}{more} (of shape {tuple(x.shape)})"
+
+
 class NeuralInference:
     """A conditional density estimator trained on simulated (θ, x) pairs.
 
@@ -196,8 +204,8 @@ class NeuralInference:
             x = x.unsqueeze(0)
         elif x.ndim != len(self.x_shape) + 1 or tuple(x.shape[1:]) != self.x_shape:
             raise ValueError(
-                f"x must be one observation shaped like one simulation, {self.x_shape}, "
-                f"(or (1, *{self.x_shape})), got {tuple(x.shape)}."
+                f"x must be one observation shaped like one simulation, {self.x_shape} "
+                f"(or {(1, *self.x_shape)}), got {tuple(x.shape)}."
             )
         if x.shape[0] > 1 and not allow_trials:
             raise ValueError(
@@ -205,7 +213,7 @@ class NeuralInference:
                 "observation at a time. For iid trials use NLE, or call once per observation."
             )
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("The observation x holds NaN or inf.")
+            raise ValueError(f"The observation x holds NaN or inf {nonfinite_where(x)}.")
         self._warn_if_outside_training_range(x)
         return x.to(self.device)
 
