@@ -144,7 +144,9 @@ def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tra
     """Fit ``model`` by minimizing ``model.loss(a, b).mean()`` with Adam.
 
     Random-permutation batches from in-memory tensors, a held-out validation split,
-    early stopping that restores the best weights, and gradient clipping.
+    early stopping that restores the best weights, and gradient clipping. Gradients are on
+    whatever the caller's autograd mode (inside ``torch.no_grad()``, or after a library such
+    as BayesFlow's torch backend turned them off process-wide, training still trains).
 
     Args:
         model: Module with ``loss(a, b) -> (B,)``.
@@ -158,7 +160,7 @@ def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tra
     Raises:
         TrainingDivergedError: If the loss becomes NaN/inf (best weights are restored first).
     """
-    with _threads(model, config.num_threads):
+    with _threads(model, config.num_threads), torch.enable_grad():
         return _train(model, a, b, config)
 
 

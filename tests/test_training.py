@@ -32,6 +32,15 @@ def test_converges_and_keeps_best_weights():
     assert history.val_loss[history.best_epoch] == min(history.val_loss)
 
 
+def test_trains_even_where_the_caller_turned_gradients_off():
+    """BayesFlow's torch backend turns autograd off process-wide on import; fit must not care."""
+    a = 3.0 + torch.randn(2000, 1, generator=torch.Generator().manual_seed(0))
+    model = Quadratic()
+    with torch.no_grad():
+        train(model, a, torch.zeros(2000, 1), TrainingConfig(learning_rate=0.05, progress=False))
+    assert float(model.w.detach()) == pytest.approx(3.0, abs=0.1)
+
+
 def test_early_stopping_stops_after_patience():
     a = torch.randn(500, 1)
     history = train(
