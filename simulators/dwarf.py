@@ -2,15 +2,19 @@ r"""Dwarf-spheroidal stellar kinematics: a gNFW halo, a Plummer star sphere, sph
 
 Dark matter follows a generalized NFW profile, the stars a Plummer sphere of fixed scale
 radius ``a`` that only traces the potential; with a constant velocity anisotropy
-:math:`\beta` the spherical Jeans equation gives :math:`\sigma_r(r)` and its projection
-:math:`\sigma_{\rm los}(R)`. A galaxy is a set of stars with projected radii and
-line-of-sight velocities, padded to a fixed size with a mask. See ``docs/dwarf.md``.
+:math:`\beta` (or, as a variant, the Osipkov-Merritt profile
+:math:`\beta(r) = r^2/(r^2 + r_a^2)`) the spherical Jeans equation gives
+:math:`\sigma_r(r)` and its projection :math:`\sigma_{\rm los}(R)`. A galaxy is a set of
+stars with projected radii and line-of-sight velocities, padded to a fixed size with a
+mask. See ``docs/dwarf.md``.
 
 References:
     Uncovering dark matter density profiles in dwarf galaxies with graph neural networks,
     Nguyen, Mishra-Sharma, Williams & Necib 2023 (arXiv:2208.12825).
     Accurate masses for dispersion-supported galaxies, Wolf et al. 2010 (arXiv:0908.2995).
     Galactic Dynamics, Binney & Tremaine 2008, section 4.8 (the Jeans equations).
+    Osipkov 1979 (Pisma Astron. Zh. 5, 77); Merritt 1985 (AJ 90, 1027): the anisotropy
+    profile; Mamon & Lokas 2005 (arXiv:astro-ph/0405466), its Jeans solution.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ _PARAMETERS = {
     "gamma": (r"$\gamma$", 0.0, 2.0),
     "beta": (r"$\beta$", -0.5, 0.5),
 }
+# The Osipkov-Merritt variant replaces beta by the anisotropy radius r_a (kpc): beta(r) =
+# r^2 / (r^2 + r_a^2). With a = 0.25 kpc the range is r_a / a in [0.4, 12.6]: from orbits
+# already half radial at 0.4 half-light radii (near the smallest r_a / a for which a
+# Plummer tracer has a non-negative distribution function) to nearly isotropic over the
+# whole field (beta < 0.4 out to 10 a).
+_ANISOTROPY_RADIUS = (r"$\log_{10}\,r_a\ [\mathrm{kpc}]$", -1.0, 0.5)
+_ANISOTROPIES = ("constant", "osipkov_merritt")
 _MODELS = {"gnfw": None, "cored": 0.0, "cusped": 1.0}  # model -> fixed inner slope gamma
 
 # Reference galaxies: (log10 rho_s, log10 r_s, gamma, beta); variants fix gamma instead.
@@ -49,6 +60,9 @@ _REFERENCE = (
     (6.8, 0.2, 1.5, 0.25),  # steep cusp, radially biased orbits
 )
 _REFERENCE_SEED = 1000  # observation i is simulated with numpy seed 1000 + i
+# log10 r_a of the reference galaxies in the Osipkov-Merritt variant (in place of beta):
+# nearly isotropic, nearly isotropic, radially biased.
+_REFERENCE_R_A = (0.5, 0.5, -0.5)
 
 
 def gnfw_mass(r: np.ndarray, rho_s: np.ndarray, r_s: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -181,17 +195,61 @@ class JeansSolver:
         log_norm = two_beta * self.log_s + self._log_nu  # ln(r^(2 beta) nu)
         return (G / self.a) * integral * np.exp(-log_norm)
 
+    def sigma_r2_osipkov_merritt(self, mass: np.ndarray, r_a: np.ndarray) -> np.ndarray:
+        r"""Radial dispersion squared on ``self.r`` for Osipkov-Merritt anisotropy.
+
+        With :math:`\beta(r) = r^2/(r^2 + r_a^2)` the integrating factor of the Jeans
+        equation is :math:`f(r) = (r^2 + r_a^2)/r_a^2` and
+        :math:`\nu\sigma_r^2(r) = f(r)^{-1}\int_r^\infty f(s)\,\nu(s)\,G M(s)/s^2\,ds`,
+        integrated on the same grid and with the same rule as :meth:`sigma_r2`.
+
+        Args:
+            mass: Enclosed mass on ``self.r`` in M_sun, shape ``(B, n_r)``.
+            r_a: Anisotropy radius in kpc, shape ``(B,)``.
+
+        Returns:
+            :math:`\sigma_r^2` in (km/s)^2, shape ``(B, n_r)``.
+        """
+        log_f = self._log_om_factor(r_a)  # (B, n_r): ln f(r)
+        log_g = log_f - self.log_s + self._log_nu + np.log(mass)  # per d ln r: f nu M / r
+        step = self.log_s[1] - self.log_s[0]
+        seg = _segments(log_g, step)
+        slope = (log_g[:, -1] - log_g[:, -2]) / step
+        tail = np.exp(log_g[:, -1]) / np.maximum(-slope, 1e-2)
+        outer = np.cumsum(seg[:, ::-1], axis=1)[:, ::-1] + tail[:, None]
+        integral = np.concatenate([outer, tail[:, None]], axis=1)
+        return (G / self.a) * integral * np.exp(-(log_f + self._log_nu))
+
+    def beta_osipkov_merritt(self, r_a: np.ndarray) -> np.ndarray:
+        r""":math:`\beta(r) = r^2/(r^2 + r_a^2)` on ``self.r``, shape ``(B, n_r)``."""
+        s2 = np.exp(2.0 * self.log_s)  # (n_r,) (r / a)^2
+        rho2 = (np.asarray(r_a, dtype=np.float64)[:, None] / self.a) ** 2  # (B, 1)
+        return s2 / (s2 + rho2)
+
+    def _log_om_factor(self, r_a: np.ndarray) -> np.ndarray:
+        log_rho2 = 2.0 * np.log(np.asarray(r_a, dtype=np.float64)[:, None] / self.a)  # (B, 1)
+        return np.logaddexp(2.0 * self.log_s, log_rho2) - log_rho2  # ln((s^2 + rho^2) / rho^2)
+
     def sigma_los2(self, sigma_r2: np.ndarray, beta: np.ndarray) -> np.ndarray:
         r"""Line-of-sight velocity dispersion squared on the grid ``self.R``.
 
+        The projection weight :math:`1 - \beta(r) R^2/r^2 = 1 - \beta(r)\,\mathrm{sech}^2 t`
+        is exact for a radially varying :math:`\beta(r)` too (for Osipkov-Merritt it is
+        :math:`1 - R^2/(r^2 + r_a^2)`); then :math:`\beta\sigma_r^2` is interpolated on the
+        r grid like :math:`\sigma_r^2`.
+
         Args:
             sigma_r2: :math:`\sigma_r^2` on ``self.r``, shape ``(B, n_r)``.
-            beta: Constant anisotropy, shape ``(B,)``.
+            beta: Constant anisotropy, shape ``(B,)``, or :math:`\beta(r)` on ``self.r``,
+                shape ``(B, n_r)``.
 
         Returns:
             :math:`\sigma_{\rm los}^2` in (km/s)^2, shape ``(B, n_proj)``.
         """
-        beta = np.asarray(beta, dtype=np.float64)[:, None]
+        beta = np.asarray(beta, dtype=np.float64)
+        if beta.ndim == 2:
+            return sigma_r2 @ self._k0.T - (beta * sigma_r2) @ self._k1.T
+        beta = beta[:, None]
         return sigma_r2 @ self._k0.T - beta * (sigma_r2 @ self._k1.T)
 
     def _projection_matrices(self, n_t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +301,9 @@ class Dwarf(SimulatorBase):
     (:math:`\rho_s` in M_sun/kpc^3), ``log10_r_s`` in [-0.7, 0.5] (:math:`r_s` in kpc),
     ``gamma`` in [0, 2] (inner slope; fixed to 0 by ``model="cored"``, to 1 by
     ``model="cusped"``, and then not a parameter), ``beta`` in [-0.5, 0.5] (constant
-    velocity anisotropy).
+    velocity anisotropy). With ``anisotropy="osipkov_merritt"`` the anisotropy is
+    :math:`\beta(r) = r^2/(r^2 + r_a^2)` instead, and ``log10_r_a`` in [-1.0, 0.5]
+    (:math:`r_a` in kpc) takes the place of ``beta``.
 
     A galaxy has :math:`N = \mathrm{clip}(\mathrm{Poisson}(n_{\rm mean}), n_{\rm min},
     n_{\max})` stars, projected radii from the Plummer surface density truncated at
@@ -255,6 +315,8 @@ class Dwarf(SimulatorBase):
 
     Args:
         model: ``"gnfw"`` (free inner slope), ``"cored"`` (gamma = 0) or ``"cusped"`` (gamma = 1).
+        anisotropy: ``"constant"`` (parameter ``beta``) or ``"osipkov_merritt"``
+            (parameter ``log10_r_a``).
         exact: Accepted for ``simulators.get(name, exact=True)``; every instance is exact.
         a: Plummer scale radius (= projected half-light radius) of the stars in kpc.
         n_mean: Mean of the Poisson number of stars.
@@ -279,6 +341,7 @@ class Dwarf(SimulatorBase):
         self,
         model: str = "gnfw",
         exact: bool = True,
+        anisotropy: str = "constant",
         a: float = 0.25,
         n_mean: float = 100.0,
         n_min: int = 10,
@@ -290,17 +353,26 @@ class Dwarf(SimulatorBase):
     ) -> None:
         if model not in _MODELS:
             raise ValueError(f"dwarf: model must be one of {sorted(_MODELS)}, got {model!r}.")
+        if anisotropy not in _ANISOTROPIES:
+            raise ValueError(
+                f"dwarf: anisotropy must be one of {list(_ANISOTROPIES)}, got {anisotropy!r}."
+            )
         if not 1 <= n_min <= n_max:
             raise ValueError(f"dwarf: need 1 <= n_min <= n_max, got {n_min}, {n_max}.")
         self.model, self.exact, self.gamma = model, bool(exact), _MODELS[model]
+        self.anisotropy = anisotropy
         self.a, self.n_mean, self.n_min, self.n_max = float(a), float(n_mean), n_min, n_max
         self.r_field = float(r_field)
         self.num_walkers, self.burn_in, self.thin = num_walkers, burn_in, thin
-        names = [n for n in _PARAMETERS if not (n == "gamma" and self.gamma is not None)]
-        low = np.array([_PARAMETERS[n][1] for n in names])
-        high = np.array([_PARAMETERS[n][2] for n in names])
+        table = dict(_PARAMETERS)
+        if anisotropy == "osipkov_merritt":
+            del table["beta"]
+            table["log10_r_a"] = _ANISOTROPY_RADIUS
+        names = [n for n in table if not (n == "gamma" and self.gamma is not None)]
+        low = np.array([table[n][1] for n in names])
+        high = np.array([table[n][2] for n in names])
         prior = Independent(Uniform(torch.tensor(low).float(), torch.tensor(high).float()), 1)
-        labels = [_PARAMETERS[n][0] for n in names]
+        labels = [table[n][0] for n in names]
         super().__init__(prior, low, high, (n_max, 4), names, labels)
         self.solver = JeansSolver(self.a, r_out=self.r_field)
 
@@ -313,7 +385,8 @@ class Dwarf(SimulatorBase):
             theta: Parameters of this model, shape ``(B, D)``.
 
         Returns:
-            ``(log10_rho_s, log10_r_s, gamma, beta)``, shape ``(B, 4)``.
+            ``(log10_rho_s, log10_r_s, gamma, beta)`` (``log10_r_a`` in place of ``beta`` for
+            Osipkov-Merritt), shape ``(B, 4)``.
         """
         if self.gamma is None:
             return theta
@@ -330,6 +403,10 @@ class Dwarf(SimulatorBase):
         """
         full = self.full_parameters(theta)
         mass = self.solver.enclosed_mass(10.0 ** full[:, 0], 10.0 ** full[:, 1], full[:, 2])
+        if self.anisotropy == "osipkov_merritt":
+            r_a = 10.0 ** full[:, 3]
+            sigma_r2 = self.solver.sigma_r2_osipkov_merritt(mass, r_a)
+            return self.solver.sigma_los2(sigma_r2, self.solver.beta_osipkov_merritt(r_a))
         beta = full[:, 3]
         return self.solver.sigma_los2(self.solver.sigma_r2(mass, beta), beta)
 
@@ -378,7 +455,8 @@ class Dwarf(SimulatorBase):
         restricted to the prior support.
 
         Args:
-            theta: Parameters, shape ``(B, D)``; needs gamma < 3 and beta < 1.
+            theta: Parameters, shape ``(B, D)``; needs gamma < 3 and beta < 1 (any
+                ``log10_r_a`` for Osipkov-Merritt).
             x: One galaxy ``(n_max, 4)``, or several ``(M, n_max, 4)`` sharing theta (summed).
 
         Returns:
@@ -389,7 +467,8 @@ class Dwarf(SimulatorBase):
         """
         th = self.check_theta(theta, support=False)
         full = self.full_parameters(th)
-        if not np.all((full[:, 2] < 3.0) & (full[:, 3] < 1.0)):
+        beta_ok = full[:, 3] < 1.0 if self.anisotropy == "constant" else np.isfinite(full[:, 3])
+        if not np.all((full[:, 2] < 3.0) & beta_ok):
             raise ValueError(f"{self.name}: the Jeans model needs gamma < 3 and beta < 1.")
         ll = _StarLikelihood(self, self.check_x(x))(th)
         dtype = theta.dtype if isinstance(theta, Tensor) and theta.is_floating_point() else None
@@ -422,7 +501,8 @@ class Dwarf(SimulatorBase):
         """Parameters of reference galaxy ``i`` (1: cored, 2: NFW cusp, 3: steep cusp).
 
         The cored/cusped models keep ``log10_rho_s``, ``log10_r_s`` and ``beta`` of the
-        galaxy and use their own fixed gamma.
+        galaxy and use their own fixed gamma; the Osipkov-Merritt variant has ``log10_r_a``
+        0.5, 0.5, -0.5 in place of ``beta``.
 
         Returns:
             The parameters, shape ``(D,)``, float32.
@@ -434,6 +514,8 @@ class Dwarf(SimulatorBase):
                 f"{self.name}: observation number must be in 1..{len(_REFERENCE)}, got {i}."
             )
         row = list(_REFERENCE[i - 1])
+        if self.anisotropy == "osipkov_merritt":
+            row[3] = _REFERENCE_R_A[i - 1]
         if self.gamma is not None:
             del row[2]
         return torch.tensor(row, dtype=torch.float32)

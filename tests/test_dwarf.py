@@ -450,3 +450,85 @@ def test_sbc_emcee_with_negative_control() -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(dwarf, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---- Osipkov-Merritt anisotropy --------------------------------------------------------
+
+
+def _sigma_los2_om_quad(R: float, mass, r_a: float) -> float:
+    """Osipkov-Merritt sigma_los^2 by brute-force quadrature of both Jeans integrals."""
+
+    def f(r: float) -> float:  # the integrating factor exp(2 int beta / r dr)
+        return (r**2 + r_a**2) / r_a**2
+
+    def nu_sigma_r2(r: float) -> float:
+        def g(s: float) -> float:
+            return f(s) * _nu(s) * G * mass(s) / s**2
+
+        inner = integrate.quad(g, r, 10 * r + 10 * A, epsrel=1e-10, limit=200)[0]
+        return (inner + integrate.quad(g, 10 * r + 10 * A, np.inf, epsrel=1e-10)[0]) / f(r)
+
+    def h(r: float) -> float:
+        return (1 - R**2 / (r**2 + r_a**2)) * nu_sigma_r2(r) * r / (r + R) ** 0.5
+
+    near = integrate.quad(h, R, 2 * R + A, weight="alg", wvar=(-0.5, 0.0), epsrel=1e-9)[0]
+    far = integrate.quad(lambda r: h(r) / (r - R) ** 0.5, 2 * R + A, np.inf, epsrel=1e-9)[0]
+    return (near + far) / ((2 * A / 3) * (1 + R**2 / A**2) ** -2)
+
+
+@pytest.mark.parametrize("theta", [(8.0, -0.3, 0.0, -0.9), (7.3, 0.0, 1.0, -0.3)])
+def test_osipkov_merritt_sigma_los_against_quadrature(theta: tuple) -> None:
+    sim = Dwarf(anisotropy="osipkov_merritt")
+    assert sim.names == ["log10_rho_s", "log10_r_s", "gamma", "log10_r_a"]
+    rho_s, r_s, gamma, r_a = 10 ** theta[0], 10 ** theta[1], theta[2], 10 ** theta[3]
+
+    def mass(r: float) -> float:
+        return gnfw_mass(r, rho_s, r_s, gamma)
+
+    R = np.array([0.003, 0.07, 0.31, 1.13, 2.4])
+    expected = np.array([_sigma_los2_om_quad(r, mass, r_a) for r in R])
+    got = sim.sigma_los(torch.tensor([theta]), R)[0]
+    np.testing.assert_allclose(got**2, expected, rtol=1e-3)
+    # Negative control: the same sigma_r^2 projected as if beta were constant (its value
+    # at r = a) is off by far more than the tolerance.
+    solver = sim.solver
+    m = solver.enclosed_mass(np.array([rho_s]), np.array([r_s]), np.array([gamma]))
+    s2 = solver.sigma_r2_osipkov_merritt(m, np.array([r_a]))
+    wrong = solver.sigma_los2(s2, np.array([A**2 / (A**2 + r_a**2)]))[0]
+    idx, frac = solver.interpolation(R)
+    wrong = (1 - frac) * wrong[idx] + frac * wrong[idx + 1]
+    assert np.max(np.abs(wrong / expected - 1)) > 0.02
+
+
+def test_osipkov_merritt_isotropic_limit_and_cored_cusped_variants() -> None:
+    # r_a -> infinity is beta = 0; the cored/cusped variants fix gamma as before.
+    for model, gamma in (("gnfw", 1.4), ("cored", None), ("cusped", None)):
+        om = Dwarf(model=model, anisotropy="osipkov_merritt")
+        iso = Dwarf(model=model)
+        core = [7.6, -0.1] + ([gamma] if gamma is not None else [])
+        got = om.sigma_los2_grid(np.array([core + [5.0]]))
+        np.testing.assert_allclose(got, iso.sigma_los2_grid(np.array([core + [0.0]])), rtol=1e-5)
+        assert om.names[-1] == "log10_r_a" and "beta" not in om.names
+        np.testing.assert_array_equal(om.low[-1:], [-1.0])
+        np.testing.assert_array_equal(om.high[-1:], [0.5])
+    # radially biased orbits at small r_a lower the outer line-of-sight dispersion
+    om = Dwarf(model="cored", anisotropy="osipkov_merritt")
+    grid = om.sigma_los2_grid(np.array([[7.6, -0.1, -1.0], [7.6, -0.1, 0.5]]))
+    assert grid[0, -1] < 0.7 * grid[1, -1]
+
+
+def test_osipkov_merritt_simulates_and_has_the_exact_likelihood() -> None:
+    sim = simulators.get("dwarf", model="cusped", anisotropy="osipkov_merritt")
+    theta = sim.prior.sample((4,)).double()
+    x = sim.simulate(theta, np.random.default_rng(0))
+    assert tuple(x.shape) == (4, 150, 4) and torch.isfinite(x).all()
+    ll = sim.log_likelihood(theta, x[0])
+    stars = _stars(x[0].double().numpy())
+    sigma = sim.sigma_los(theta, stars[:, 0])
+    expected = stats.norm.logpdf(stars[:, 1], 0.0, np.sqrt(sigma**2 + stars[:, 2] ** 2)).sum(1)
+    np.testing.assert_allclose(ll.numpy(), expected, rtol=1e-10)
+    assert sim.true_parameters(3).tolist() == pytest.approx([6.8, 0.2, -0.5])
+    assert tuple(sim.observation(1).shape) == (150, 4)
+    assert Dwarf(anisotropy="constant").names == Dwarf().names
+    with pytest.raises(ValueError, match="anisotropy must be one of"):
+        Dwarf(anisotropy="radial")
