@@ -224,10 +224,18 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
-        bar.set_postfix(train=f"{running / n_train:.3f}", val=f"{val:.3f}", best=history.best_epoch)
-        bar.update(1)
         if decays_left == config.lr_decays and config.min_patience is not None:
             patience = min(config.stop_after_epochs, max(config.min_patience, history.best_epoch))
+        # The early-stopping state tells a person when the run will end: it stops (or decays
+        # the learning rate, "decays left") once "since best" reaches the patience.
+        bar.set_postfix(
+            train=f"{running / n_train:.3f}",
+            val=f"{val:.3f}",
+            best=history.best_epoch,
+            since_best=f"{since_best}/{patience}",
+            decays_left=decays_left,
+        )
+        bar.update(1)
         if since_best >= patience:
             if decays_left == 0:
                 break

@@ -311,6 +311,14 @@ def test_nested_gaussian_prior_evidence_and_num_samples() -> None:
     assert result.samples.shape == (3000, dim)
 
 
+def test_nested_progress_into_a_log_file_is_one_line(capfd) -> None:
+    """Not a terminal (pytest captures stderr): no per-iteration lines, one summary."""
+    prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
+    nested(lambda t: -0.5 * (t**2).sum(-1) / 0.1, prior, nlive=50, progress=True)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dynesty: ") and "log Z = " in lines[0]
+
+
 def test_nested_unbatched_and_errors_propagate() -> None:
     prior = sbiflow.BoxUniform(-torch.ones(1), torch.ones(1))
     ll = gaussian_log_likelihood(torch.zeros(1), torch.eye(1) * 0.04)

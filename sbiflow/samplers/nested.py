@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math  # noqa: F401  (the doctest uses it)
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -205,7 +206,8 @@ def nested(
         sample: dynesty's sampling method; ``"auto"`` picks uniform sampling in the bound
             below 10 dimensions, random walks up to 20, slice sampling above.
         seed: Seeds dynesty's generator and the resampling of the posterior samples.
-        progress: Print dynesty's progress line.
+        progress: Print dynesty's progress line (on a terminal; into a log file, where it
+            would write one line per iteration, a single summary line at the end instead).
         num_samples: Number of equal-weight posterior samples; default: as many as dynesty's
             own resampling gives (the number of dead points).
         prior_transform: Map from the unit cube to θ, ``(D,) -> (D,)`` numpy; default
@@ -247,8 +249,15 @@ def nested(
         queue_size=batch_size if pool is not None else None,
         use_pool={"prior_transform": False, "update_bound": False},
     )
-    sampler.run_nested(dlogz=dlogz, maxcall=maxcall, print_progress=progress)
+    interactive = sys.stderr.isatty()
+    sampler.run_nested(dlogz=dlogz, maxcall=maxcall, print_progress=progress and interactive)
     res = sampler.results
+    if progress and not interactive:
+        print(
+            f"dynesty: {res.niter} iterations, {int(np.sum(res.ncall))} likelihood calls, "
+            f"log Z = {float(res.logz[-1]):.3f} ± {float(res.logzerr[-1]):.3f}",
+            file=sys.stderr,
+        )
     weights = res.importance_weights()
     rng = np.random.default_rng(seed)
     if num_samples is None:
