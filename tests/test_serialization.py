@@ -15,6 +15,11 @@ def test_round_trip_keeps_density_samples_and_history(quick_npe, tmp_path):
     assert torch.equal(loaded.sample(30, x=x_o, seed=1), quick_npe.sample(30, x=x_o, seed=1))
     assert loaded.history.val_loss == quick_npe.history.val_loss
     assert isinstance(loaded.prior, sbiflow.BoxUniform)
+    assert (
+        repr(loaded)
+        == repr(quick_npe)
+        == "NPE(nsf, theta (2,), x (2,), trained on 1,000 simulations, 5 epochs)"
+    )
 
 
 def test_file_loads_with_weights_only(quick_npe, tmp_path):

@@ -77,6 +77,7 @@ class NeuralInference:
         self.device = torch.device(device)
         self.estimator: ConditionalEstimator | None = None
         self.x_shape: tuple[int, ...] | None = None
+        self.num_simulations: int | None = None
         self.history = TrainingHistory()
         self._cache: dict = {}  # per-observation quantities of the trained estimator
 
@@ -151,7 +152,7 @@ class NeuralInference:
         """
         TrainingConfig(seed=seed, progress=progress, **training_options)  # fail early on typos
         theta, x = self._check_training_data(theta, x)
-        self.x_shape = tuple(x.shape[1:])
+        self.x_shape, self.num_simulations = tuple(x.shape[1:]), int(x.shape[0])
         a, b = self._roles(theta, x)
         with torch.random.fork_rng():
             if seed is not None:
@@ -170,6 +171,24 @@ class NeuralInference:
             self.history = train(self.estimator, a.to(self.device), b.to(self.device), config)
         self.estimator.eval()
         return self
+
+    def __repr__(self) -> str:
+        """E.g. ``NPE(nsf, theta (2,), x (2,), trained on 10,000 simulations, 87 epochs)``."""
+        parts = [self.estimator_kind, f"theta ({self.theta_dim},)"]
+        if self.x_shape is not None:
+            parts.append(f"x {self.x_shape}")
+        if self.embedding_net is not None:
+            parts.append(f"embedding {type(self.embedding_net).__name__}")
+        if self.estimator is None:
+            parts.append("not trained")
+        else:
+            trained = "trained"
+            if self.num_simulations is not None:
+                trained += f" on {self.num_simulations:,} simulations"
+            if self.history.val_loss:
+                trained += f", {len(self.history.val_loss)} epochs"
+            parts.append(trained)
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     def _default_embedding(self, b: Tensor) -> nn.Module | None:
         """The embedding picked for conditions ``b`` when the user gave none."""
@@ -249,6 +268,7 @@ class NeuralInference:
             "x_shape": list(self.x_shape or ()),
             "state_dict": {k: v.detach().cpu() for k, v in estimator.state_dict().items()},
             "history": self.history.as_dict(),
+            "num_simulations": self.num_simulations,
         }
 
     @classmethod
@@ -278,6 +298,7 @@ class NeuralInference:
             **state["estimator_options"],
         )
         obj.x_shape = tuple(state["x_shape"])
+        obj.num_simulations = state.get("num_simulations")
         # The estimator as saved: its config holds its constructor arguments, and an option
         # a file predates takes the estimator's own default, the behaviour it was trained
         # with (not the method's default of today, which fills in estimator_options).
