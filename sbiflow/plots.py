@@ -40,15 +40,23 @@ def corner_plot(
         The matplotlib figure.
     """
     import corner
+    from matplotlib.lines import Line2D
 
     samples = np.asarray(samples, dtype=np.float64)
-    low, high = np.quantile(samples, [0.0005, 0.9995], axis=0)
-    pad = 0.05 * (high - low) + 1e-12
+    sets = [samples] if reference is None else [samples, np.asarray(reference, np.float64)]
+    # Ranges from the central 99% of every sample set (and the truth): one stray draw in
+    # the tails no longer squashes the bulk of a parameter into a spike.
+    low = np.min([np.quantile(s, 0.005, axis=0) for s in sets], axis=0)
+    high = np.max([np.quantile(s, 0.995, axis=0) for s in sets], axis=0)
+    if truths is not None:
+        t = np.asarray(truths, dtype=np.float64)
+        low, high = np.minimum(low, t), np.maximum(high, t)
+    pad = 0.08 * (high - low) + 1e-12
     style = {"bins": 50, "smooth": 1.0, "range": list(zip(low - pad, high + pad, strict=True))}
     figure = None
     if reference is not None:
         figure = corner.corner(
-            np.asarray(reference, dtype=np.float64),
+            sets[1],
             color="0.6",
             labels=labels,
             plot_datapoints=False,
@@ -66,8 +74,16 @@ def corner_plot(
         truths=None if truths is None else np.asarray(truths, dtype=np.float64),
         truth_color="C3",
         hist_kwargs={"density": True},
-        show_titles=reference is None,
+        show_titles=True,  # median and 68% interval of the posterior samples
+        title_fmt=".3g",
     )
+    handles = [Line2D([], [], color="C0", label="posterior samples")]
+    if reference is not None:
+        handles.append(Line2D([], [], color="0.6", label="reference"))
+    if truths is not None:
+        handles.append(Line2D([], [], color="C3", label="truth"))
+    if len(handles) > 1:
+        figure.legend(handles=handles, loc="upper right", frameon=False)
     if path is not None:
         figure.savefig(os.fspath(path), dpi=120, bbox_inches="tight")
     return figure
@@ -163,8 +179,16 @@ def rank_plot(
         axis.axhspan(low, high, color="0.85")
         axis.axhline(n / bins, color="0.4", lw=1)
         axis.hist(ranks[:, d], bins=bins, range=(0, result.num_posterior_samples), color="C0")
-        axis.set_xlabel(labels[d] if labels else f"rank of parameter {d + 1}")
-        axis.set_yticks([])
+        name = labels[d] if labels else f"parameter {d + 1}"
+        axis.set_xlabel(f"rank of the truth, {name}")
+        if d == 0:
+            axis.set_ylabel("simulations")
+    figure.suptitle(
+        f"SBC ranks among {result.num_posterior_samples} posterior samples, {n} simulations "
+        "(grey: 99% band of uniform ranks)",
+        fontsize=9,
+    )
+    figure.tight_layout()
     return _save(figure, path)
 
 

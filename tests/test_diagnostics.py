@@ -122,6 +122,29 @@ def test_calibration_and_predictive_plots_are_written(test_set, tmp_path):
         assert (tmp_path / name).stat().st_size > 5_000
 
 
+def test_corner_plot_legend_titles_and_ranges(tmp_path):
+    from sbiflow.plots import corner_plot
+
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(4000, 2, generator=g)
+    samples[0, 0] = 1e3  # one stray draw must not set the axis range
+    reference = 0.9 * torch.randn(4000, 2, generator=g)
+    figure = corner_plot(
+        samples,
+        labels=["a", "b"],
+        truths=[0.1, -0.2],
+        reference=reference,
+        path=tmp_path / "corner.png",
+    )
+    legend = figure.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["posterior samples", "reference", "truth"]
+    diagonal = [figure.axes[0], figure.axes[3]]
+    assert all(axis.get_title().startswith(("a =", "b =")) for axis in diagonal)
+    low, high = figure.axes[0].get_xlim()
+    assert -5 < low < -2 and 2 < high < 5
+    assert (tmp_path / "corner.png").stat().st_size > 20_000
+
+
 def test_calibration_over_test_simulations_does_not_warn_about_the_training_range(quick_npe):
     import warnings
 
