@@ -117,6 +117,8 @@ def main() -> None:
         "--no-bootstrap", action="store_true", help="members differ by initialization only"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: fit's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: fit's")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -131,7 +133,12 @@ def main() -> None:
             models, loss=args.loss, ensemble=args.ensemble, bootstrap=not args.no_bootstrap
         )
         start = time.perf_counter()
-        mc.fit(args.n_per_model, seed=args.seed, progress=False)
+        options = {
+            k: v
+            for k, v in (("learning_rate", args.learning_rate), ("batch_size", args.batch_size))
+            if v is not None
+        }
+        mc.fit(args.n_per_model, seed=args.seed, progress=False, **options)
         fit_seconds = time.perf_counter() - start
         per_model = args.n_test // len(models)
         test = {
@@ -140,7 +147,12 @@ def main() -> None:
             ]
             for i, (name, m) in enumerate(models.items())
         }
-        result = {"case": case, "fit_seconds": fit_seconds, "epochs": len(mc.history.val_loss)}
+        result = {
+            "case": case,
+            "fit_seconds": fit_seconds,
+            "epochs": len(mc.history.val_loss),
+            "best_epoch": mc.history.best_epoch,
+        }
         result |= evaluate(mc, models, test)
         runs.append(result)
         print(result, flush=True)
