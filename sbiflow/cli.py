@@ -21,7 +21,7 @@ import torch
 
 from sbiflow.config import ConfigError, RunConfig, SimulatorSection, load_config
 
-__all__ = ["compare", "main", "run", "simulators_text"]
+__all__ = ["compare", "main", "run", "simulate_only", "simulators_text"]
 
 
 def _resolve_simulator(config: RunConfig) -> Any:
@@ -62,6 +62,56 @@ def _observation(config: RunConfig, simulator: Any) -> torch.Tensor:
     return torch.as_tensor(simulator.observation(section.index), dtype=torch.float32)
 
 
+def _store_path(config: RunConfig) -> str | None:
+    """``[simulation] store``, relative to the output folder."""
+    store = config.simulation.store or None
+    if store is not None and not os.path.isabs(store):
+        store = os.path.join(os.path.abspath(config.output.directory), store)
+    return store
+
+
+def simulate_only(config: RunConfig) -> dict[str, Any]:
+    """Fill the configuration's simulation store and stop (``sbiflow simulate``).
+
+    Simulation can then run on one machine (or a cluster) and training elsewhere:
+    ``sbiflow run`` with the same configuration finds the store complete and resumes from
+    it. Needs ``[simulation] store``; a store filled part-way (interrupted) is resumed.
+
+    Returns:
+        ``{"store", "num_simulations", "seconds"}``.
+    """
+    import sbiflow
+
+    store = _store_path(config)
+    if store is None:
+        raise ConfigError(
+            "sbiflow simulate needs [simulation] store = 'simulations.zarr' (a path, relative "
+            "to [output] directory): the simulations go there, and sbiflow run resumes from it."
+        )
+    if config.models:
+        raise ConfigError(
+            "sbiflow simulate fills the store of one simulator; a [models] configuration "
+            "simulates each model inside sbiflow compare."
+        )
+    os.makedirs(os.path.abspath(config.output.directory), exist_ok=True)
+    simulator = _resolve_simulator(config)
+    started = time.perf_counter()
+    theta, _ = sbiflow.simulate(
+        simulator,
+        config.simulation.num_simulations,
+        seed=config.simulation.seed,
+        workers=config.simulation.workers,
+        chunk_size=config.simulation.chunk_size,
+        store=store,
+        progress=config.output.progress,
+    )
+    return {
+        "store": store,
+        "num_simulations": int(theta.shape[0]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     """Run a whole configuration and write its outputs.
 
@@ -90,9 +140,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     model = _model(config, simulator)  # a bad [estimator] fails here, before simulating
 
     started = time.perf_counter()
-    store = config.simulation.store or None
-    if store is not None and not os.path.isabs(store):
-        store = os.path.join(out, store)
+    store = _store_path(config)
     theta, x = sbiflow.simulate(
         simulator,
         config.simulation.num_simulations,
@@ -576,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     for command, text in (
         ("run", "run a TOML configuration end to end"),
         ("compare", "run a model comparison: a TOML configuration with a [models] section"),
+        ("simulate", "only fill the configuration's simulation store ([simulation] store)"),
     ):
         sub = commands.add_parser(command, help=text)
         sub.add_argument("config", help="path to a TOML configuration")
@@ -601,6 +650,13 @@ def main(argv: list[str] | None = None) -> int:
             config.output.directory = args.output
         if args.no_progress:
             config.output.progress = False
+        if args.command == "simulate":
+            done = simulate_only(config)
+            print(
+                f"{done['num_simulations']} simulations in {done['store']} "
+                f"({done['seconds']:.1f} s); sbiflow run {args.config} resumes from it."
+            )
+            return 0
         summary = run(config)
         summary_text = _comparison_text(summary) if config.models else _summary_text(summary)
     except ConfigError as err:

@@ -202,3 +202,23 @@ def test_version_and_simulator_listing(capsys):
     assert "two_moons         (2,)          theta_1, theta_2" in out
     assert main(["simulators", "--module", "no_such_registry"]) == 2
     assert "Cannot import the simulator registry 'no_such_registry'" in capsys.readouterr().err
+
+
+def test_simulate_fills_the_store_and_run_resumes_from_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    config = write(tmp_path, SMALL_RUN.format(out=out).replace("coverage_tests = 100", ""))
+    assert main(["simulate", str(config)]) == 0
+    assert "600 simulations in" in capsys.readouterr().out
+    assert (out / "sims.zarr").is_dir() and not (out / "model.pt").exists()
+    from sbiflow import load_store
+
+    theta, x = load_store(out / "sims.zarr")
+    assert theta.shape == (600, 2)
+    assert main(["run", str(config)]) == 0  # trains on the same 600, simulating nothing new
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_valid_simulations"] == 600
+    again, _ = load_store(out / "sims.zarr")
+    assert bool((again == theta).all())
+    no_store = write(tmp_path, NLE_RUN.format(out=out), name="nle.toml")
+    assert main(["simulate", str(no_store)]) == 2
+    assert "needs [simulation] store" in capsys.readouterr().err
