@@ -8,6 +8,7 @@ from matplotlib.figure import Figure
 
 import sbiflow
 from sbiflow.comparison import ModelComparison, nested_regressions, prior_widths
+from sbiflow.comparison.misspecification import SummaryReference
 from sbiflow.comparison.network import Whitener
 from sbiflow.inference.base import NotFittedError
 
@@ -159,7 +160,7 @@ def test_bootstrap_error_bars_cover_the_exact_log_bayes_factor(models, exact):
     assert cover[False] <= 0.5  # measured 0.28 (0.26 at seed 4)
 
 
-def test_misspecification_flags_a_third_model_only(mc, test_sets):
+def test_misspecification_flags_a_third_model_only(models, mc, test_sets):
     candidates = mc.misspecification(torch.cat(list(test_sets.values())))
     false_positive = float(candidates.flagged(LEVEL).float().mean())
     assert false_positive <= LEVEL + 0.015  # 3 binomial sigmas over 4,000; measured 0.029
@@ -169,6 +170,11 @@ def test_misspecification_flags_a_third_model_only(mc, test_sets):
     assert set(result.p_values) == {"width_1", "width_2"}
     one = mc.misspecification(third[0])
     assert isinstance(one.p_value, float) and 0 < one.p_value <= 1
+    # Width-1 data with every coordinate shifted by 3: measured 0.82. The exact test in x
+    # space (chi-square law of |x|^2, maximum over the models) flags about 0.7: both
+    # candidates' densities depend on |x| only, so a shift is seen through |x| alone.
+    shifted = draw(models["width_1"], 1000, 9) + 3.0
+    assert float(mc.misspecification(shifted).flagged(LEVEL).float().mean()) >= 0.7
 
 
 def test_save_and_load_round_trip(mc, test_sets, tmp_path):
@@ -303,3 +309,58 @@ def test_quadratic_skip_represents_the_exact_gaussian_evidences(models, exact):
         net.quadratic.linear.bias.copy_(bias)
     log_k = mc.log_bayes_factor(x, "width_2", "width_1")
     assert float((log_k - exact_log_k).abs().max()) < 1e-3
+
+
+def test_misspecification_tests_the_pooled_statistics_of_an_embedding(tmp_path):
+    # With a set embedding the flag works in the DeepSet's pooled element features (the
+    # input of its rho network), which the layers after it, trained to separate the
+    # candidates, compress: an outsider of scale 4 is flagged at 0.88 there and at 0.77 in
+    # the hidden layer, with references from the same held-out sets (measured).
+    def sets(n, scale, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.zeros(n, 12, 3)
+        sizes = torch.randint(4, 12, (n,), generator=g)
+        present = torch.arange(12) < sizes[:, None]
+        x[..., :2] = scale * torch.randn(n, 12, 2, generator=g) * present[..., None]
+        x[..., 2] = present.float()
+        return x
+
+    data = {"narrow": sets(3000, 1.0, 0), "wide": sets(3000, 2.0, 1)}
+    mc = ModelComparison(list(data), ensemble=2).fit(x=data, max_epochs=2, progress=False)
+    assert mc.summary_space == "statistics"
+    assert mc.reference.summaries["narrow"].shape == (600, 65)  # 64 pooled features + count
+    candidates = torch.cat([sets(2000, 1.0, 5), sets(2000, 2.0, 6)])
+    p = mc.misspecification(candidates).p_value
+    for level in (0.01, 0.05, 0.1):  # super-uniform: 3 binomial sigmas over 4,000
+        # (measured 0.001, 0.020, 0.065: the maximum over two models is conservative)
+        assert float((p <= level).float().mean()) <= level + 3 * math.sqrt(level / 4000)
+    outsider = sets(1000, 4.0, 8)
+    power = float(mc.misspecification(outsider).flagged(LEVEL).float().mean())
+    assert power >= 0.85  # measured 0.91
+
+    sbiflow.save(mc, tmp_path / "sets.pt")
+    payload = torch.load(tmp_path / "sets.pt", weights_only=True)
+    loaded = sbiflow.load(tmp_path / "sets.pt")
+    assert loaded.summary_space == "statistics"
+    assert torch.equal(
+        loaded.misspecification(outsider).p_value, mc.misspecification(outsider).p_value
+    )
+
+    # The hidden layer as the space (as before, and for models saved without the key):
+    # with references from the same held-out sets, less power than the pooled statistics.
+    held_out = {"narrow": sets(600, 1.0, 20), "wide": sets(600, 2.0, 21)}
+    flagged = {}
+    for space in ("statistics", "hidden"):
+        mc.summary_space = space
+        mc.reference = SummaryReference({n: mc._summaries(x) for n, x in held_out.items()})
+        flagged[space] = float(mc.misspecification(outsider).flagged(LEVEL).float().mean())
+    assert mc.reference.summaries["narrow"].shape == (600, mc.hidden_features)
+    assert flagged["hidden"] <= flagged["statistics"] - 0.05  # measured 0.77 vs 0.88
+    state = dict(payload["model"])
+    del state["summary_space"]
+    state["reference"] = dict(mc.reference.summaries)
+    old = ModelComparison.from_state(state)
+    assert old.summary_space == "hidden"
+    torch.testing.assert_close(
+        old.misspecification(outsider).p_value, mc.misspecification(outsider).p_value
+    )

@@ -1,13 +1,16 @@
 r"""Is an observation typical of any candidate model? A test in the classifier's summary space.
 
-Held-out simulations of each model (never trained on) are mapped to the classifier's last
-hidden layer. Half of them fit a Gaussian in that space (mean and shrunk covariance); the
-other half give the null distribution of the squared Mahalanobis distance to it. An
-observation's p-value under model :math:`m` is the share of those null distances at least
-as large as its own, :math:`p_m = (1 + \#\{d_{\rm null} \ge d\}) / (n_{\rm null} + 1)`, valid
-(super-uniform) for data from :math:`m` whatever the shape of the summaries. The
-observation's p-value is :math:`\max_m p_m`: it is small only if x is atypical of every
-model, and for data from any one candidate :math:`P(\max_m p_m \le \alpha) \le \alpha`.
+Held-out simulations of each model (never trained on) are mapped to summaries of x (see
+``ModelComparison._summaries``: the statistics the embedding pools, such as dispersion
+profiles or a power spectrum, or else the classifier's last hidden layer). Half of them
+fit a Gaussian in that space (each coordinate standardized, the correlation matrix shrunk
+towards the identity); the other half give the null distribution of the squared
+Mahalanobis distance to it. An observation's p-value under model :math:`m` is the share of
+those null distances at least as large as its own,
+:math:`p_m = (1 + \#\{d_{\rm null} \ge d\}) / (n_{\rm null} + 1)`, valid (super-uniform)
+for data from :math:`m` whatever the shape of the summaries. The observation's p-value is
+:math:`\max_m p_m`: it is small only if x is atypical of every model, and for data from
+any one candidate :math:`P(\max_m p_m \le \alpha) \le \alpha`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from torch import Tensor
 
 __all__ = ["Misspecification", "SummaryReference"]
 
-#: Covariance shrinkage towards its mean variance: the summaries have ~100 dimensions and
-#: the covariance is fit on a few hundred points, so a little shrinkage keeps it invertible.
+#: Shrinkage of the summaries' correlation matrix towards the identity: the summaries have
+#: up to a few hundred dimensions and are fit on a few hundred points, so some shrinkage
+#: keeps the matrix invertible and its smallest eigenvalues from swamping the distance.
 SHRINKAGE = 0.05
 
 
@@ -57,6 +61,7 @@ class SummaryReference:
     def __init__(self, summaries: dict[str, Tensor]) -> None:
         self.summaries = {name: s.detach().double().cpu() for name, s in summaries.items()}
         self.mean: dict[str, Tensor] = {}
+        self.scale: dict[str, Tensor] = {}
         self.precision: dict[str, Tensor] = {}
         self.null: dict[str, Tensor] = {}
         for name, s in self.summaries.items():
@@ -68,16 +73,19 @@ class SummaryReference:
                 )
             half = s.shape[0] // 2
             fit, null = s[:half], s[half:]
-            mean = fit.mean(dim=0)
-            cov = torch.cov(fit.T).reshape(s.shape[1], s.shape[1])
-            scale = cov.diagonal().mean().clamp_min(1e-12)
-            cov = (1 - SHRINKAGE) * cov + SHRINKAGE * scale * torch.eye(s.shape[1], dtype=s.dtype)
-            self.mean[name], self.precision[name] = mean, torch.linalg.inv(cov)
+            self.mean[name] = fit.mean(dim=0)
+            std = fit.std(dim=0)
+            # a coordinate (nearly) constant over the fit half keeps a small scale, not zero
+            self.scale[name] = std.clamp_min(1e-3 * float(std.mean().clamp_min(1e-12)))
+            z = (fit - self.mean[name]) / self.scale[name]
+            corr = torch.cov(z.T).reshape(s.shape[1], s.shape[1])
+            corr = (1 - SHRINKAGE) * corr + SHRINKAGE * torch.eye(s.shape[1], dtype=s.dtype)
+            self.precision[name] = torch.linalg.inv(corr)
             self.null[name] = torch.sort(self._distance(name, null)).values
 
     def _distance(self, name: str, s: Tensor) -> Tensor:
-        diff = s.double() - self.mean[name]  # (N, H)
-        return ((diff @ self.precision[name]) * diff).sum(dim=1)
+        z = (s.double() - self.mean[name]) / self.scale[name]  # (N, H)
+        return ((z @ self.precision[name]) * z).sum(dim=1)
 
     def test(self, summaries: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Score, p-value and per-model p-values ``(N,)`` of summaries ``(N, H)``."""
