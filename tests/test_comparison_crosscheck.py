@@ -23,7 +23,10 @@ def models():
 
 @pytest.fixture(scope="module")
 def mc(models):
-    return ModelComparison(models, ensemble=2).fit(2000, seed=0, progress=False)
+    # Members differ by initialization only: this file checks the cross-check, and two
+    # bootstrapped members at this budget add variance to the mean (log K errors at X_O over
+    # seeds 0-3: RMS 0.28 bootstrapped, 0.18 not); the bootstrap has its own test.
+    return ModelComparison(models, ensemble=2, bootstrap=False).fit(2000, seed=0, progress=False)
 
 
 @pytest.fixture(scope="module")
