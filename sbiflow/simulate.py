@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import pickle
 import threading
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -340,18 +341,77 @@ def _execute(task: _Task, jobs: Sequence[tuple], workers: int, client: Any) -> I
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: Retries of a chunk that raised on a Dask worker (a node without the simulator's module, a
+#: full scratch disk): the seeds are fixed, so a retried chunk gives the same rows. Workers
+#: that die are handled by Dask itself (the chunk is resubmitted elsewhere; after
+#: ``distributed.scheduler.allowed-failures`` deaths of the same chunk it is given up).
+DASK_RETRIES = 2
+
+
 def _execute_dask(task: _Task, jobs: Sequence[tuple], client: Any) -> Iterator[_Chunk]:
+    """Run the chunk jobs on a Dask cluster; yield chunks as they finish.
+
+    The task (simulator and prior) goes to the cluster once, as the result of a small
+    ``_load_task`` computation on pickled bytes, and every chunk depends on it. Dask holds
+    that computation's recipe, so when every worker holding the task dies, Dask recomputes
+    it on a live worker. (Data put there with ``client.scatter`` has no recipe: losing its
+    last holder cancelled every chunk with "lost dependencies".) The bytes are held once by
+    the scheduler, not copied into every chunk, which matters for simulators of ~1 MB.
+    """
     try:
         from distributed import as_completed as dask_as_completed
     except ImportError as e:
         raise ImportError('simulate(..., client=) needs Dask: pip install "sbiflow[dask]"') from e
-    shared = client.scatter(task, broadcast=True, hash=False)
-    futures = [client.submit(_run_chunk, shared, *job, pure=False) for job in jobs]
+    import cloudpickle  # a dependency of distributed
+
+    try:
+        payload = cloudpickle.dumps(task)
+    except Exception as e:
+        raise TypeError(
+            f"client= sends the simulator and prior to Dask workers, so they must be picklable "
+            f"({type(e).__name__}: {e})."
+        ) from e
+    token = uuid.uuid4().hex[:8]
+    shared = client.submit(_load_task, payload, key=f"sbiflow-task-{token}", pure=False)
+    futures = {
+        client.submit(
+            _run_chunk_remote,
+            shared,
+            *job,
+            key=f"sbiflow-chunk-{job[0]}-{token}",
+            retries=DASK_RETRIES,
+            pure=False,
+        )
+        for job in jobs
+    }
     try:
         for future in dask_as_completed(futures):
-            yield future.result()
+            result = future.result()
+            futures.discard(future)
+            future.release()  # finished: no recompute if its worker dies later
+            if isinstance(result, _ShapeError):
+                raise result
+            yield result
     finally:
-        client.cancel(futures)
+        client.cancel([*futures, shared])
+
+
+def _load_task(payload: bytes) -> _Task:
+    """Unpickle the task on a Dask worker (a recomputable task, unlike scattered data)."""
+    return pickle.loads(payload)
+
+
+def _run_chunk_remote(
+    task: _Task, index: int, size: int, seq: np.random.SeedSequence
+) -> _Chunk | _ShapeError:
+    """:func:`_run_chunk` for Dask, where a wrong output shape is returned, not raised.
+
+    Dask retries a task that raised; a bug in the simulator's output would only fail again.
+    """
+    try:
+        return _run_chunk(task, index, size, seq)
+    except _ShapeError as e:
+        return e
 
 
 def _assemble(chunks: list[_Chunk], n: int) -> tuple[Tensor, Tensor]:
