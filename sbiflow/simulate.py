@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
-from sbiflow.store import SimulationStore
+from sbiflow.priors import prior_to_spec
+from sbiflow.store import SimulationStore, class_path, describe, simulator_options
 
 __all__ = ["simulate"]
 
@@ -90,9 +91,10 @@ def simulate(
             with ``if __name__ == "__main__":`` and the simulator must be picklable, i.e.
             defined in an importable module).
         chunk_size: Simulations per chunk: the unit of work, seeding, progress and resume.
-        store: A Zarr directory to write chunk by chunk. If it already holds part of this
-            run (same seed, n, chunk_size, simulator name and D), only the missing chunks
-            are simulated. See :mod:`sbiflow.store`.
+        store: A Zarr directory to write chunk by chunk, with the run's provenance. If it
+            already holds part of this run (same seed, n, chunk_size, simulator name, class
+            and options, and prior), only the missing chunks are simulated; a store made by
+            another run is refused. See :mod:`sbiflow.store`.
         client: A ``dask.distributed.Client``; chunks run on its cluster instead of
             ``workers`` (results come back here, where the store is written).
         batched: For plain callables: True if ``f`` maps (B, D) to (B, *x_shape), False to
@@ -131,10 +133,7 @@ def simulate(
 
     db = None
     if store is not None:
-        dim = task.prior.event_shape[0]
-        db = SimulationStore.resume(
-            store, seed=seed, n=n, chunk_size=chunk_size, simulator=name, dim_theta=dim
-        )
+        db = SimulationStore.resume(store, **_provenance(task, name, seed, n, chunk_size))
     done = np.flatnonzero(db.done) if db is not None else []
     chunks = {int(i): _Chunk(int(i), *db.read_chunk(int(i))) for i in done}
     x_shape = db.x_shape if db is not None else None
@@ -161,7 +160,10 @@ def simulate(
                         db.write_chunk(c.index, c.theta, c.x, c.valid)
                 pending.clear()
             bar.update(len(chunk.theta))
-    return _assemble([chunks[i] for i in range(n_chunks)], n)
+    ordered = [chunks[i] for i in range(n_chunks)]
+    if db is not None and not pending:
+        db.finish(first_error=next((c.error for c in ordered if c.error), None))
+    return _assemble(ordered, n)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -198,6 +200,22 @@ def _make_task(simulator: Any, prior: Distribution | None, batched: bool | None)
         if batched is None:
             batched = _probe_batched(simulator, prior)
     return _Task(simulator, prior, protocol, batched is not False), str(name)
+
+
+def _provenance(task: _Task, name: str, seed: int, n: int, chunk_size: int) -> dict[str, Any]:
+    """What a store records about the run, and checks on resume (see :mod:`sbiflow.store`)."""
+    spec = prior_to_spec(task.prior)  # a BoxUniform and sbi's box are the same prior
+    return {
+        "seed": seed,
+        "n": n,
+        "chunk_size": chunk_size,
+        "dim_theta": int(task.prior.event_shape[0]),
+        "simulator": name,
+        "simulator_class": class_path(task.simulator),
+        "simulator_options": simulator_options(task.simulator),
+        "prior": describe(spec if spec is not None else task.prior),
+        "prior_repr": repr(task.prior),
+    }
 
 
 def _probe_batched(f: Callable, prior: Distribution) -> bool:

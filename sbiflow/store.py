@@ -7,13 +7,27 @@ A store is a Zarr v3 group with four arrays, all chunked like the simulation chu
 - ``valid`` (n,) bool, False where the simulator returned NaN/inf or raised;
 - ``done`` (n_chunks,) bool, set once a chunk's rows are written,
 
-and the provenance in the group attributes: ``seed``, ``n``, ``chunk_size``, ``simulator``,
-``dim_theta``, ``x_shape``, ``sbiflow_version`` and ``created``. A chunk's rows are written
-before its ``done`` flag, so an interrupted run resumes where it stopped.
+and the provenance in the group attributes:
+
+- what made it: ``simulator`` (its name), ``simulator_class`` (``module.QualName``),
+  ``simulator_options`` (its public attributes of simple type: see :func:`simulator_options`),
+  ``prior`` (a JSON description with its parameters: see :func:`describe`) and ``prior_repr``;
+- how: ``seed``, ``n``, ``chunk_size``, ``dim_theta``, ``x_shape``, ``sbiflow_version``;
+- when and how well: ``created`` and ``finished`` (UTC, ISO 8601; ``finished`` is None until
+  every chunk is done), ``n_failed`` (simulations that returned NaN/inf or raised, counted
+  when the run finishes) and ``first_error`` (the first exception a simulator raised, if any).
+
+A chunk's rows are written before its ``done`` flag (Zarr replaces each file atomically), so
+a run killed at any moment, even inside a write, resumes where it stopped: a chunk whose flag
+is not set is simulated again and never read. A run refuses to resume a store made with
+another simulator, prior, seed or chunking (the fields in :data:`IDENTITY`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +43,22 @@ from sbiflow._version import __version__
 __all__ = ["SimulationStore", "load_store"]
 
 FORMAT = "sbiflow.simulations/1"
-IDENTITY = ("seed", "n", "chunk_size", "simulator", "dim_theta")
-"""Provenance fields that must match for a run to resume a store."""
+IDENTITY = (
+    "seed",
+    "n",
+    "chunk_size",
+    "dim_theta",
+    "simulator",
+    "simulator_class",
+    "simulator_options",
+    "prior",
+)
+"""Provenance fields that must match for a run to resume a store (in the order checked).
+
+Stores written by sbiflow before a field existed are not checked on that field."""
+
+#: Arrays up to this many elements are described by their values, larger ones by a hash.
+MAX_LISTED = 64
 
 
 class SimulationStore:
@@ -89,8 +117,20 @@ class SimulationStore:
         chunk_size: int,
         simulator: str,
         dim_theta: int,
+        **provenance: Any,
     ) -> SimulationStore:
-        """Create an empty store for ``n`` simulations of ``dim_theta`` parameters."""
+        """Create an empty store for ``n`` simulations of ``dim_theta`` parameters.
+
+        Args:
+            path: The store's directory (must not exist, or be empty).
+            seed: The run's seed.
+            n: Number of simulations.
+            chunk_size: Simulations per chunk.
+            simulator: The simulator's name.
+            dim_theta: Number of parameters D.
+            **provenance: More JSON-serializable attributes to record: ``simulator_class``,
+                ``simulator_options``, ``prior``, ``prior_repr``.
+        """
         group = zarr.open_group(path, mode="w-")
         n_chunks = -(-n // chunk_size)
         kw: dict[str, Any] = {"dtype": "float32", "fill_value": np.nan}
@@ -106,7 +146,11 @@ class SimulationStore:
             dim_theta=dim_theta,
             x_shape=None,
             sbiflow_version=_version(),
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            created=_now(),
+            finished=None,
+            n_failed=None,
+            first_error=None,
+            **provenance,
         )
         return cls(group, path)
 
@@ -116,11 +160,14 @@ class SimulationStore:
 
         Args:
             path: The store's directory; created if it does not exist or is an empty directory.
-            **provenance: ``seed``, ``n``, ``chunk_size``, ``simulator`` and ``dim_theta``.
+            **provenance: ``seed``, ``n``, ``chunk_size``, ``simulator`` and ``dim_theta``;
+                optionally ``simulator_class``, ``simulator_options``, ``prior`` and
+                ``prior_repr`` (see :meth:`create`).
 
         Raises:
-            ValueError: The store exists but was written by a different run (the message names
-                the mismatching field), or is not a simulation store.
+            ValueError: The store exists but was made by a different run (the message names
+                the field that differs, both values, and what to do), or is not a
+                simulation store.
         """
         p = Path(path)
         if not p.exists() or (p.is_dir() and not any(p.iterdir())):
@@ -128,13 +175,38 @@ class SimulationStore:
         store = cls.open(path, mode="r+")
         stored = store.provenance
         for key in IDENTITY:
-            if stored.get(key) != provenance[key]:
-                raise ValueError(
-                    f"Store {store.path!r} was written with {key}={stored.get(key)!r}, but this "
-                    f"call has {key}={provenance[key]!r}. Pass a new store path, or delete the "
-                    "old store to start over."
-                )
+            if key not in stored or key not in provenance:
+                continue  # a store from an older sbiflow, or a caller that does not say
+            old, new = stored[key], _roundtrip(provenance[key])
+            if old != new:
+                raise ValueError(_mismatch(store.path, key, old, new))
         return store
+
+    def finish(self, first_error: str | None = None) -> None:
+        """Record that every chunk is done: ``finished`` time, ``n_failed`` and ``first_error``.
+
+        Args:
+            first_error: The first exception a simulator raised in this run, if any (kept if
+                an earlier run of the store already recorded one).
+
+        Raises:
+            RuntimeError: Some chunks are not done.
+        """
+        done = self.done
+        if not done.all():
+            raise RuntimeError(
+                f"Store {self.path!r}: {int(done.sum())} of {len(done)} chunks done; "
+                "finish() needs all of them."
+            )
+        attrs = self.group.attrs
+        n_failed = int((~self.group["valid"][:]).sum())
+        updates: dict[str, Any] = {"n_failed": n_failed}
+        if attrs.get("finished") is None:
+            updates["finished"] = _now()
+        if attrs.get("first_error") is None and first_error is not None:
+            updates["first_error"] = first_error
+        if any(attrs.get(k) != v for k, v in updates.items()):
+            attrs.update(updates)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -220,6 +292,159 @@ def load_store(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """
     theta, x, valid = SimulationStore.open(path).read()
     return torch.from_numpy(theta[valid]), torch.from_numpy(x[valid])
+
+
+def describe(value: Any, depth: int = 4) -> Any:
+    """A JSON description of ``value`` that two equal objects share, for provenance.
+
+    Scalars are kept; tensors and arrays become their shape, dtype and values (a SHA-256 of
+    their bytes past :data:`MAX_LISTED` elements); other objects their class path and the
+    description of their public attributes, ``depth`` levels down.
+
+    Example:
+        >>> describe(torch.distributions.Normal(torch.zeros(1), 2.0))["scale"]["values"]
+        [2.0]
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else repr(float(value))
+    if isinstance(value, (Tensor, np.ndarray)):
+        array = value.detach().cpu().numpy() if isinstance(value, Tensor) else value
+        out: dict[str, Any] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+        if array.size <= MAX_LISTED and array.dtype.kind in "biuf":
+            out["values"] = [describe(v) for v in array.ravel().tolist()]
+        else:
+            out["sha256"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        return out
+    if isinstance(value, (list, tuple)):
+        if len(value) <= MAX_LISTED:
+            return [describe(v, depth - 1) for v in value]
+        text = json.dumps([describe(v, depth - 1) for v in value], sort_keys=True)
+        return {"length": len(value), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    if isinstance(value, dict):
+        return {str(k): describe(v, depth - 1) for k, v in value.items()}
+    out = {"class": class_path(value)}
+    if depth > 0 and hasattr(value, "__dict__"):
+        public = {k: v for k, v in vars(value).items() if not k.startswith("_") and not callable(v)}
+        out.update({k: describe(public[k], depth - 1) for k in sorted(public)})
+    return out
+
+
+def simulator_options(simulator: Any) -> dict[str, Any]:
+    """The options that identify a simulator's configuration, for provenance.
+
+    Its public instance attributes of simple type (bool, int, float, str, None, and short
+    lists of them), e.g. ``model="cored"``, ``n_mean=100.0``; the prior is recorded apart,
+    and ``names`` and ``labels`` (for plots) do not count.
+    Arrays and objects are left out: they are usually derived from the options, and the
+    last bits of derived floats may differ between machines. Keep a simulator's state
+    (counters, caches) in private attributes (``_calls``) so it does not count as an option.
+    For a ``functools.partial``, its keyword arguments.
+    """
+    attrs = getattr(simulator, "keywords", None)
+    if not isinstance(attrs, dict):
+        attrs = vars(simulator) if hasattr(simulator, "__dict__") else {}
+    options = {}
+    for key in sorted(attrs):
+        value = attrs[key]
+        if key.startswith("_") or key in _NOT_OPTIONS or not _simple(value):
+            continue
+        options[key] = describe(value)
+    return options
+
+
+_NOT_OPTIONS = ("prior", "names", "labels")  # recorded apart / plot metadata only
+
+
+def class_path(obj: Any) -> str:
+    """``module.QualName`` of a class, of a function, or of an object's class."""
+    obj = getattr(obj, "func", obj)  # functools.partial
+    target = (
+        obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") else None
+    )
+    target = target if target is not None else type(obj)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def _simple(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+        return True
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) <= MAX_LISTED
+        and all(
+            v is None or isinstance(v, (bool, int, float, str, np.integer, np.floating))
+            for v in value
+        )
+    )
+
+
+def _roundtrip(value: Any) -> Any:
+    """``value`` as it reads back from the JSON attributes (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _first_difference(old: Any, new: Any, where: str) -> str:
+    """Where two JSON descriptions first differ, e.g. ``prior.high: [1.0] ... [2.0] ...``."""
+    if _is_array(old) and _is_array(new) and old.get("shape") == new.get("shape"):
+        old, new = _brief(old), _brief(new)
+    elif isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "<absent>") != new.get(key, "<absent>"):
+                return _first_difference(
+                    old.get(key, "<absent>"), new.get(key, "<absent>"), f"{where}.{key}"
+                )
+    text = f"{where}: {old!r} in the store, {new!r} in this call"
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, dict) and "shape" in value and ("values" in value or "sha256" in value)
+
+
+def _brief(value: Any) -> Any:
+    """An array's values (or ``sha256:<first 12 hex digits>``); other things as they are."""
+    if not _is_array(value):
+        return value
+    if "values" in value:
+        return value["values"]
+    return f"sha256:{value['sha256'][:12]}"
+
+
+def _summary(description: Any) -> str:
+    """One line for a prior's description, e.g. ``box_uniform(low=[-1.0], high=[1.0])``."""
+    if not isinstance(description, dict):
+        return repr(description)
+    kind = description.get("type") or description.get("class", "?")
+    args = ", ".join(
+        f"{k}={_brief(v)}" for k, v in description.items() if k not in ("type", "class")
+    )
+    text = f"{kind}({args})"
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def _mismatch(path: str, key: str, old: Any, new: Any) -> str:
+    if key in ("prior", "simulator_options", "simulator_class"):
+        what = {"prior": "prior", "simulator_options": "simulator options"}.get(
+            key, "simulator class"
+        )
+        head = f"Store {path!r} was made with another {what} ({_first_difference(old, new, key)})"
+        if key == "prior":
+            head += f"; the store's prior is {_summary(old)}"
+    else:
+        head = f"Store {path!r} was made with {key}={old!r}, but this call has {key}={new!r}"
+    return (
+        f"{head}. To resume it, call simulate with the simulator, prior, seed, n and "
+        "chunk_size it was made with; otherwise pass a new store path, or delete the old "
+        "store to start over."
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _version() -> str:

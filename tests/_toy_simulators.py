@@ -12,18 +12,23 @@ def box(dim: int = 2) -> Independent:
 
 
 class Gaussian:
-    """x = theta + 0.1 * noise, batched; counts its calls."""
+    """x = theta + 0.1 * noise, batched; counts its calls (state: a private attribute)."""
 
     name = "gauss"
 
-    def __init__(self, dim: int = 2) -> None:
+    def __init__(self, dim: int = 2, noise: float = 0.1) -> None:
         self.prior = box(dim)
-        self.calls = 0
+        self.noise = noise  # an option: recorded in a store's provenance
+        self._calls = 0
+
+    @property
+    def calls(self) -> int:
+        return self._calls
 
     def simulate(self, theta: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        self.calls += 1
+        self._calls += 1
         noise = torch.as_tensor(rng.standard_normal(theta.shape), dtype=theta.dtype)
-        return theta + 0.1 * noise
+        return theta + self.noise * noise
 
 
 class NaNWhenPositive(Gaussian):
@@ -46,19 +51,6 @@ class RaiseWhenPositive(Gaussian):
 
 class Interrupt(BaseException):
     """Stands in for Ctrl-C or a killed job."""
-
-
-class InterruptedGaussian(Gaussian):
-    """Raises Interrupt on its `at`-th call (0-based)."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__()
-        self.at = at
-
-    def simulate(self, theta, rng):
-        if self.calls == self.at:
-            raise Interrupt
-        return super().simulate(theta, rng)
 
 
 class DropsARow(Gaussian):

@@ -1,5 +1,6 @@
 import json
 import warnings
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -9,7 +10,6 @@ from _toy_simulators import (
     DropsARow,
     Gaussian,
     Interrupt,
-    InterruptedGaussian,
     NaNWhenPositive,
     NoPrior,
     RaiseWhenPositive,
@@ -19,6 +19,7 @@ from _toy_simulators import (
 )
 from torch.distributions import Independent, Uniform
 
+import sbiflow
 from sbiflow.simulate import simulate
 from sbiflow.store import SimulationStore, load_store
 
@@ -124,12 +125,28 @@ def test_all_invalid_raises():
         run(RaiseWhenPositive(), n=20, prior=prior)
 
 
-def test_interrupted_run_resumes(tmp_path, reference):
+def interrupt_after(monkeypatch, writes: int) -> None:
+    """Make the store raise Interrupt (a stand-in for Ctrl-C) on its ``writes + 1``-th chunk."""
+    write, count = SimulationStore.write_chunk, [0]
+
+    def interrupting(self, *args):
+        if count[0] == writes:
+            raise Interrupt
+        count[0] += 1
+        write(self, *args)
+
+    monkeypatch.setattr(SimulationStore, "write_chunk", interrupting)
+
+
+def test_interrupted_run_resumes(tmp_path, reference, monkeypatch):
     path = tmp_path / "run.zarr"
-    with pytest.raises(Interrupt):
-        run(InterruptedGaussian(at=2), seed=3, store=path)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 2)
+        with pytest.raises(Interrupt):
+            run(Gaussian(), seed=3, store=path)
     store = SimulationStore.open(path)
     assert store.done.tolist() == [True, True, False, False]
+    assert store.provenance["finished"] is None and store.provenance["n_failed"] is None
     with pytest.raises(RuntimeError, match="2 of 4 chunks done"):
         load_store(path)
     sim = Gaussian()
@@ -142,6 +159,69 @@ def test_interrupted_run_resumes(tmp_path, reference):
     attrs = store.provenance
     assert attrs["seed"] == 3 and attrs["x_shape"] == [2] and attrs["simulator"] == "gauss"
     assert {"sbiflow_version", "created"} <= set(attrs)
+
+
+def test_provenance_recorded(tmp_path):
+    path = tmp_path / "s.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run(RaiseWhenPositive(), n=N, seed=3, store=path)
+    attrs = SimulationStore.open(path).provenance
+    assert attrs["simulator"] == "gauss"
+    assert attrs["simulator_class"] == "_toy_simulators.RaiseWhenPositive"
+    assert attrs["simulator_options"] == {"noise": 0.1}  # not the prior, not the call counter
+    assert attrs["prior"]["type"] == "box_uniform"
+    assert attrs["prior"]["low"]["values"] == [-1.0, -1.0]
+    assert attrs["prior"]["high"]["values"] == [1.0, 1.0]
+    assert attrs["prior_repr"].startswith("Independent(Uniform(")
+    assert (attrs["seed"], attrs["n"], attrs["chunk_size"]) == (3, N, CHUNK)
+    assert attrs["sbiflow_version"] == sbiflow.__version__
+    created = datetime.fromisoformat(attrs["created"])
+    finished = datetime.fromisoformat(attrs["finished"])
+    assert created.tzinfo is not None and created <= finished <= datetime.now(UTC)
+    _, _, valid = SimulationStore.open(path).read()
+    assert attrs["n_failed"] == int((~valid).sum()) > 0
+    assert "ValueError: theta[0] > 0.5 is unphysical" in attrs["first_error"]
+
+
+def test_provenance_of_plain_functions_and_large_priors(tmp_path):
+    path = tmp_path / "f.zarr"
+    prior = torch.distributions.MultivariateNormal(torch.zeros(10), torch.eye(10))
+    run(batched_square, n=20, chunk_size=10, prior=prior, store=path)
+    attrs = SimulationStore.open(path).provenance
+    assert attrs["simulator_class"] == "_toy_simulators.batched_square"
+    assert attrs["simulator_options"] == {}
+    assert (
+        attrs["prior"]["type"] == "mvn" and len(attrs["prior"]["covariance_matrix"]["sha256"]) == 64
+    )
+    other = torch.distributions.MultivariateNormal(torch.zeros(10), 2 * torch.eye(10))
+    with pytest.raises(ValueError, match=r"another prior \(prior.covariance_matrix: 'sha256:"):
+        run(batched_square, n=20, chunk_size=10, prior=other, store=path)
+
+
+def test_same_prior_in_another_class_resumes(tmp_path, reference):
+    """sbiflow.BoxUniform and Independent(Uniform(...), 1) are the same prior."""
+    path = tmp_path / "s.zarr"
+    run(Gaussian(), seed=3, store=path)
+    assert_same(
+        run(
+            Gaussian(), seed=3, store=path, prior=sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
+        ),
+        reference,
+    )
+
+
+def test_stores_without_the_new_fields_still_resume(tmp_path, reference, monkeypatch):
+    path = tmp_path / "old.zarr"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(Interrupt):
+            run(Gaussian(), seed=3, store=path)
+    group = zarr.open_group(path, mode="r+")
+    for key in ("simulator_class", "simulator_options", "prior", "prior_repr", "finished"):
+        del group.attrs[key]  # as written by sbiflow before these fields
+    assert_same(run(Gaussian(), seed=3, store=path), reference)
+    assert SimulationStore.open(path).provenance["finished"] is not None
 
 
 @pytest.mark.parametrize(
@@ -160,6 +240,28 @@ def test_provenance_mismatch(tmp_path, change, field):
     kw = {"simulator": Gaussian(), "n": 500, "seed": 3, "store": path} | change
     with pytest.raises(ValueError, match=f"with {field}=.*new store path"):
         run(kw.pop("simulator"), **kw)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"simulator": Gaussian(noise=0.2)},
+         r"another simulator options \(simulator_options.noise: 0.1 in the store, 0.2 in this"),
+        ({"simulator": NaNWhenPositive()}, r"another simulator class \(simulator_class: "
+         r"'_toy_simulators.Gaussian' in the store, '_toy_simulators.NaNWhenPositive'"),
+        ({"prior": Independent(Uniform(-torch.ones(2), 2 * torch.ones(2)), 1)},
+         r"another prior \(prior.high: \[1.0, 1.0\] in the store, \[2.0, 2.0\] in this call\); "
+         r"the store's prior is "
+         r"box_uniform\(low=\[-1.0, -1.0\], high=\[1.0, 1.0\]\)"),
+    ],
+)  # fmt: skip
+def test_resume_refuses_another_simulator_or_prior(tmp_path, change, says):
+    path = tmp_path / "s.zarr"
+    run(Gaussian(), n=500, seed=3, store=path)
+    kw = {"simulator": Gaussian(), "n": 500, "seed": 3, "store": path} | change
+    with pytest.raises(ValueError, match=says + ".*call simulate with the simulator, prior, seed"):
+        run(kw.pop("simulator"), **kw)
+    assert SimulationStore.open(path).done.all()  # the store is untouched
 
 
 def test_not_a_store(tmp_path):
