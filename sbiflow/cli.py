@@ -70,15 +70,48 @@ def _store_path(config: RunConfig) -> str | None:
     return store
 
 
+#: Seconds to wait for a Dask scheduler to answer.
+CONNECT_TIMEOUT = 30
+
+
+def _connect(scheduler: str, base_dir: str) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``tcp://host:port`` or in a scheduler file."""
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise ConfigError(
+            f'simulation.scheduler = {scheduler!r} needs Dask: pip install "sbiflow[dask]".'
+        ) from err
+    is_file = "://" not in scheduler
+    path = scheduler if os.path.isabs(scheduler) else os.path.join(base_dir, scheduler)
+    if is_file and not os.path.exists(path):
+        raise ConfigError(
+            f"simulation.scheduler = {scheduler!r}: no scheduler file at {path!r}. Give the "
+            "scheduler's address (tcp://host:port) or the file its --scheduler-file wrote."
+        )
+    try:
+        if is_file:
+            return Client(scheduler_file=path, timeout=CONNECT_TIMEOUT)
+        return Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ConfigError(
+            f"Cannot reach the Dask scheduler at {scheduler!r} within {CONNECT_TIMEOUT} s "
+            f"({type(err).__name__}: {err}). Is it running (dask scheduler, or a "
+            "dask-jobqueue cluster's scheduler_address), and reachable from this machine?"
+        ) from err
+
+
 def simulate_only(config: RunConfig) -> dict[str, Any]:
     """Fill the configuration's simulation store and stop (``sbiflow simulate``).
 
     Simulation can then run on one machine (or a cluster) and training elsewhere:
     ``sbiflow run`` with the same configuration finds the store complete and resumes from
     it. Needs ``[simulation] store``; a store filled part-way (interrupted) is resumed.
+    With ``[simulation] scheduler`` (``tcp://host:port``, or a scheduler file) the chunks
+    run on that Dask cluster's workers, and the store is written here.
 
     Returns:
-        ``{"store", "num_simulations", "seconds"}``.
+        ``{"store", "num_simulations", "seconds", "scheduler"}``.
     """
     import sbiflow
 
@@ -93,22 +126,36 @@ def simulate_only(config: RunConfig) -> dict[str, Any]:
             "sbiflow simulate fills the store of one simulator; a [models] configuration "
             "simulates each model inside sbiflow compare."
         )
+    scheduler = config.simulation.scheduler
+    if scheduler and config.simulation.workers != 1:
+        raise ConfigError(
+            f"simulation.workers = {config.simulation.workers} and a scheduler "
+            f"({scheduler!r}): the chunks run on the cluster's workers. Remove workers, or "
+            "the scheduler to run on local processes."
+        )
     os.makedirs(os.path.abspath(config.output.directory), exist_ok=True)
     simulator = _resolve_simulator(config)
+    client = _connect(scheduler, config.base_dir) if scheduler else None
     started = time.perf_counter()
-    theta, _ = sbiflow.simulate(
-        simulator,
-        config.simulation.num_simulations,
-        seed=config.simulation.seed,
-        workers=config.simulation.workers,
-        chunk_size=config.simulation.chunk_size,
-        store=store,
-        progress=config.output.progress,
-    )
+    try:
+        theta, _ = sbiflow.simulate(
+            simulator,
+            config.simulation.num_simulations,
+            seed=config.simulation.seed,
+            workers=config.simulation.workers,
+            chunk_size=config.simulation.chunk_size,
+            store=store,
+            client=client,
+            progress=config.output.progress,
+        )
+    finally:
+        if client is not None:
+            client.close()
     return {
         "store": store,
         "num_simulations": int(theta.shape[0]),
         "seconds": time.perf_counter() - started,
+        "scheduler": scheduler or None,
     }
 
 
@@ -630,6 +677,13 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("config", help="path to a TOML configuration")
         sub.add_argument("--output", help="output folder (overrides output.directory)")
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        if command == "simulate":
+            sub.add_argument(
+                "--scheduler",
+                metavar="ADDR",
+                help="run the chunks on this Dask scheduler (tcp://host:port, or a scheduler "
+                "file); overrides [simulation] scheduler",
+            )
     args = parser.parse_args(argv)
 
     if args.command == "simulators":
@@ -651,9 +705,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_progress:
             config.output.progress = False
         if args.command == "simulate":
+            if args.scheduler:  # an address, or a scheduler file relative to here
+                scheduler = args.scheduler
+                config.simulation.scheduler = (
+                    scheduler if "://" in scheduler else os.path.abspath(scheduler)
+                )
             done = simulate_only(config)
+            where = f" on {done['scheduler']}" if done["scheduler"] else ""
             print(
-                f"{done['num_simulations']} simulations in {done['store']} "
+                f"{done['num_simulations']} simulations in {done['store']}{where} "
                 f"({done['seconds']:.1f} s); sbiflow run {args.config} resumes from it."
             )
             return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,13 +40,19 @@ class SimulatorSection:
 
 @dataclass
 class SimulationSection:
-    """How many simulations, how seeded, where run and stored."""
+    """How many simulations, how seeded, where run and stored.
+
+    ``scheduler`` runs the chunks on a Dask cluster (``sbiflow simulate``): the scheduler's
+    address ``"tcp://host:port"``, or the JSON file its ``--scheduler-file`` wrote (relative
+    to the configuration file). ``workers`` then stays 1: the cluster's workers run them.
+    """
 
     num_simulations: int = 10_000
     seed: int = 0
     workers: int = 1
     chunk_size: int = 1000
     store: str = ""
+    scheduler: str = ""
 
 
 @dataclass
@@ -300,6 +307,7 @@ def _check_comparison(config: RunConfig, raw: dict[str, Any], path: str) -> None
     for key, instead in (
         ("num_simulations", "comparison.n_per_model"),
         ("store", "nothing yet: comparison simulations are kept in memory"),
+        ("scheduler", "simulation.workers: comparison simulations run on local processes"),
     ):
         if key in simulation:
             fail(f"simulation.{key} does not apply to a model comparison; use {instead}.")
@@ -338,6 +346,33 @@ def _check_comparison(config: RunConfig, raw: dict[str, Any], path: str) -> None
         )
 
 
+#: A Dask scheduler address: scheme://host:port (host a name, an IPv4 or a [bracketed IPv6]).
+_SCHEDULER_ADDRESS = re.compile(r"(tcp|tls|ucx|ws|wss)://(\[[0-9a-fA-F:]+\]|[^\s/:\[\]]+):\d+/?")
+
+
+def _check_scheduler(simulation: SimulationSection, fail: Any) -> None:
+    """``[simulation] scheduler``: an address ``scheme://host:port`` or a scheduler file."""
+    scheduler = simulation.scheduler
+    if not scheduler:
+        return
+    if "://" in scheduler:
+        if not _SCHEDULER_ADDRESS.fullmatch(scheduler):
+            fail(
+                f"simulation.scheduler = {scheduler!r} is not a scheduler address: use "
+                "'tcp://host:port' (as dask scheduler prints), or a scheduler file's path."
+            )
+    elif not scheduler.endswith(".json"):
+        fail(
+            f"simulation.scheduler = {scheduler!r}: give the scheduler's address "
+            "'tcp://host:port', or the .json file its --scheduler-file wrote."
+        )
+    if simulation.workers != 1:
+        fail(
+            f"simulation.workers = {simulation.workers} and simulation.scheduler: the chunks "
+            "run on the cluster's workers; remove workers (or the scheduler)."
+        )
+
+
 def _check_values(config: RunConfig, path: str) -> None:
     def fail(message: str) -> None:
         raise ConfigError(f"{path}: {message}")
@@ -348,6 +383,7 @@ def _check_values(config: RunConfig, path: str) -> None:
         fail("simulation.num_simulations must be at least 10.")
     if config.simulation.workers < 1:
         fail("simulation.workers must be at least 1.")
+    _check_scheduler(config.simulation, fail)
     if config.sampling.num_samples < 1:
         fail("sampling.num_samples must be at least 1.")
     if config.training.learning_rate <= 0:

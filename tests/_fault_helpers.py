@@ -78,6 +78,7 @@ class LoopbackCluster:
 
     def __init__(self, directory: Path, n_workers: int = 2) -> None:
         self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.scheduler_file = self.directory / "scheduler.json"
         self.workers: list[subprocess.Popen] = []
         self.scheduler = _spawn(
