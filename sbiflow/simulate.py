@@ -12,6 +12,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,26 +338,69 @@ def _execute(task: _Task, jobs: Sequence[tuple], workers: int, client: Any) -> I
         for job in jobs:
             yield _run_chunk(task, *job)
     else:
-        try:
-            pickle.dumps(task)
-        except Exception as e:
-            raise TypeError(
-                "workers > 1 sends the simulator to other processes, so it must be picklable: "
-                f"define it at module level in an importable file, not inline ({e})."
-            ) from e
-        context = multiprocessing.get_context("spawn")  # fork is unsafe with torch threads
+        yield from _execute_local(task, jobs, workers)
+
+
+#: Times a local process pool is restarted after one of its processes died (killed, out of
+#: memory, or a crash inside the simulator) before the run gives up: enough for an
+#: occasional kill, few enough that a simulator that crashes its process stops the run soon.
+LOCAL_RESTARTS = 3
+
+
+def _execute_local(task: _Task, jobs: Sequence[tuple], workers: int) -> Iterator[_Chunk]:
+    """Run the chunk jobs in ``workers`` spawned processes; survive a process that dies.
+
+    When a process of the pool dies, Python marks the whole pool broken and fails every
+    pending chunk; the chunks that finished are kept and the others run in a new pool (at
+    most :data:`LOCAL_RESTARTS` times). Seeds are per chunk, so the rows are the same.
+    """
+    try:
+        pickle.dumps(task)
+    except Exception as e:
+        raise TypeError(
+            "workers > 1 sends the simulator to other processes, so it must be picklable: "
+            f"define it at module level in an importable file, not inline ({e})."
+        ) from e
+    context = multiprocessing.get_context("spawn")  # fork is unsafe with torch threads
+    remaining = {job[0]: job for job in jobs}
+    for attempt in range(LOCAL_RESTARTS + 1):
         pool = ProcessPoolExecutor(
-            min(workers, len(jobs)),
+            min(workers, len(remaining)),
             mp_context=context,
             initializer=torch.set_num_threads,
             initargs=(1,),
         )
         try:
-            futures = [pool.submit(_run_chunk, task, *job) for job in jobs]
-            for future in as_completed(futures):
-                yield future.result()
+            futures = {pool.submit(_run_chunk, task, *job): i for i, job in remaining.items()}
+            try:
+                for future in as_completed(futures):
+                    chunk = future.result()
+                    del remaining[futures[future]]
+                    yield chunk
+                return
+            except BrokenProcessPool as e:
+                broken = e
+            for future, i in futures.items():  # finished before the break: keep
+                if i in remaining and future.done() and future.exception() is None:
+                    del remaining[i]
+                    yield future.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        if not remaining:
+            return
+        if attempt < LOCAL_RESTARTS:
+            warnings.warn(
+                f"A simulation worker process died ({broken}); restarting the pool for the "
+                f"{len(remaining)} unfinished chunks ({attempt + 1} of {LOCAL_RESTARTS} restarts).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    raise RuntimeError(
+        f"Simulation worker processes died {LOCAL_RESTARTS + 1} times ({broken}); "
+        f"{len(remaining)} chunks are unfinished. If the simulator crashes its process "
+        "(a segfault, running out of memory), run it with workers=1 to see the error; "
+        "finished chunks are in the store, if any, and a rerun resumes from it."
+    ) from broken
 
 
 #: Retries of a chunk that raised on a Dask worker (a node without the simulator's module, a

@@ -152,3 +152,11 @@ class LoopbackCluster:
 def run_driver(args: list[str], log: Path) -> subprocess.Popen:
     """Start ``tests/_fault_driver.py`` with ``args`` in its own process."""
     return _spawn([sys.executable, str(TESTS / "_fault_driver.py"), *args], log)
+
+
+class KillsItsProcess(SleepyGaussian):
+    """SIGKILLs the process it runs in: a simulator that segfaults or runs out of memory."""
+
+    def simulate(self, theta: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _fault_helpers import LoopbackCluster, SleepyGaussian, run_driver
+from _fault_helpers import KillsItsProcess, LoopbackCluster, SleepyGaussian, run_driver
 
 from sbiflow.simulate import simulate
 from sbiflow.store import SimulationStore, load_store
@@ -210,6 +211,70 @@ def test_driver_killed_then_resumed_on_cluster(tmp_path: Path, client: distribut
 def test_driver_killed_then_resumed_with_local_workers(tmp_path: Path) -> None:
     """The same with local process workers (``workers=2``)."""
     _kill_driver_then_resume(tmp_path, ["--workers", "2"], {"workers": 2}, 100_000, 1000, 6)
+
+
+def spawned_children() -> list[int]:
+    """Process ids of this process's multiprocessing workers (spawned), from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == os.getpid() and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.slow  # ~35 s on one loaded core: two pools of two spawned processes import torch
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find workers")
+def test_local_worker_killed_mid_run(tmp_path: Path) -> None:
+    """A local process worker SIGKILLed half-way: the pool restarts, the arrays are identical."""
+    n, chunk, seed = 4000, 100, 13  # 40 chunks of 0.2 s
+    path = tmp_path / "run.zarr"
+    deadline = time.monotonic() + TIMEOUT - 5
+    killed: list[int] = []
+    errors: list[BaseException] = []
+
+    def killer() -> None:
+        try:
+
+            def done() -> int:
+                try:
+                    return int(SimulationStore.open(path).done.sum())
+                except (FileNotFoundError, ValueError):
+                    return 0
+
+            wait_until(lambda: done() >= 10, "10 chunks", deadline, poll=0.02)
+            victim = spawned_children()[0]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(done())
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    with pytest.warns(RuntimeWarning, match="worker process died.*restarting the pool"):
+        result = simulate(
+            SleepyGaussian(per_row=0.002), n, seed=seed, chunk_size=chunk, workers=2,
+            store=path, progress=False,
+        )  # fmt: skip
+    thread.join(timeout=10)
+    assert not errors, errors
+    assert len(killed) == 1 and killed[0] < n // chunk, killed
+    assert_exact(result, reference(n, chunk, seed), n)
+    assert_exact(load_store(path), reference(n, chunk, seed), n)
+
+
+@pytest.mark.slow  # ~20 s: two pools start
+def test_a_simulator_that_kills_its_process_stops_the_run(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(sys.modules["sbiflow.simulate"], "LOCAL_RESTARTS", 1)
+    with (
+        pytest.warns(RuntimeWarning, match=r"restarting the pool for the 4 unfinished chunks"),
+        pytest.raises(RuntimeError, match="died 2 times.*run it with workers=1 to see the error"),
+    ):
+        simulate(KillsItsProcess(), 400, chunk_size=100, workers=2, progress=False)
 
 
 def test_half_written_chunk_is_redone(tmp_path: Path) -> None:
