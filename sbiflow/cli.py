@@ -83,7 +83,7 @@ def _connect(scheduler: str, base_dir: str) -> Any:
             f'simulation.scheduler = {scheduler!r} needs Dask: pip install "sbiflow[dask]".'
         ) from err
     is_file = "://" not in scheduler
-    path = scheduler if os.path.isabs(scheduler) else os.path.join(base_dir, scheduler)
+    path = os.path.join(base_dir, os.path.expanduser(scheduler))  # kept if absolute
     if is_file and not os.path.exists(path):
         raise ConfigError(
             f"simulation.scheduler = {scheduler!r}: no scheduler file at {path!r}. Give the "
