@@ -265,7 +265,10 @@ def _run_chunk(task: _Task, index: int, size: int, seq: np.random.SeedSequence) 
 
 
 def _simulate_chunk(task: _Task, index: int, size: int, seq: np.random.SeedSequence) -> _Chunk:
-    theta_seq, rng_seq, torch_seq, numpy_seq = seq.spawn(4)
+    # spawn() counts its children in ``seq``: a chunk run twice on one object (a Dask retry
+    # on the same worker, a threaded worker) must start from a fresh copy to draw the same.
+    fresh = np.random.SeedSequence(seq.entropy, spawn_key=seq.spawn_key, pool_size=seq.pool_size)
+    theta_seq, rng_seq, torch_seq, numpy_seq = fresh.spawn(4)
     with _GLOBAL_RNG_LOCK, _global_rngs(_int_seed(theta_seq)):
         theta = task.prior.sample((size,)).to(torch.float32)  # (B, D)
     rng = np.random.default_rng(rng_seq)
@@ -434,7 +437,9 @@ def _execute_dask(task: _Task, jobs: Sequence[tuple], client: Any) -> Iterator[_
             f"({type(e).__name__}: {e})."
         ) from e
     token = uuid.uuid4().hex[:8]
-    shared = client.submit(_load_task, payload, key=f"sbiflow-task-{token}", pure=False)
+    shared = client.submit(
+        _load_task, payload, key=f"sbiflow-task-{token}", retries=DASK_RETRIES, pure=False
+    )
     futures = {
         client.submit(
             _run_chunk_remote,

@@ -72,3 +72,21 @@ def batched_square(theta: torch.Tensor) -> torch.Tensor:
 def row_summary(theta: torch.Tensor) -> torch.Tensor:
     assert theta.shape == (2,), "one parameter set at a time"
     return torch.stack([theta.sum(), theta.prod()]) + 0.1 * np.random.standard_normal()
+
+
+class FlakyBox(Independent):
+    """The box prior of ``box()``, whose first ``sample`` call in a process raises OSError.
+
+    Stands in for a transient failure on a worker (a scratch disk full for a moment).
+    """
+
+    failed = False  # per process: the class attribute is not pickled
+
+    def __init__(self) -> None:
+        super().__init__(Uniform(-torch.ones(2), torch.ones(2)), 1)
+
+    def sample(self, sample_shape=torch.Size()):  # noqa: B008
+        if not FlakyBox.failed:
+            FlakyBox.failed = True
+            raise OSError("scratch disk full (transient)")
+        return super().sample(sample_shape)

@@ -8,6 +8,7 @@ import torch
 import zarr
 from _toy_simulators import (
     DropsARow,
+    FlakyBox,
     Gaussian,
     Interrupt,
     NaNWhenPositive,
@@ -61,6 +62,19 @@ def test_same_seed_same_data_on_dask(reference):
     )
     with cluster, distributed.Client(cluster) as client:
         assert_same(run(Gaussian(), seed=3, client=client), reference)
+
+
+def test_dask_retries_a_chunk_that_raised_and_does_not_retry_a_wrong_shape(reference):
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    )
+    with cluster, distributed.Client(cluster) as client:
+        FlakyBox.failed = False
+        assert_same(run(Gaussian(), seed=3, client=client, prior=FlakyBox()), reference)
+        assert FlakyBox.failed  # it did raise once, and the retry gave the same rows
+        with pytest.raises(ValueError, match=r"Chunk \d: .*shape \(249, 2\)"):
+            run(DropsARow(), client=client)
 
 
 def test_different_seeds_differ(reference):
