@@ -94,6 +94,7 @@ def chunk_states(client: distributed.Client) -> dict[str, tuple[str, list[str]]]
     return client.run_on_scheduler(states)
 
 
+@pytest.mark.slow  # ~10-15 s; the tests below and tests/test_cluster_cli.py check it too
 def test_undisturbed_cluster_run_equals_local_run(client: distributed.Client) -> None:
     n, chunk, seed = 2000, 100, 7
     theta, x = simulate(
