@@ -11,7 +11,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -453,7 +453,14 @@ def _execute_dask(task: _Task, jobs: Sequence[tuple], client: Any) -> Iterator[_
     }
     try:
         for future in dask_as_completed(futures):
-            result = future.result()
+            try:
+                result = future.result()
+            except CancelledError as e:  # FutureCancelledError: not a simulation error
+                raise RuntimeError(
+                    f"Dask cancelled the simulation ({e}): the scheduler was lost, or the "
+                    "client closed. Chunks finished so far are in the store, if one was "
+                    "given: start the cluster again and rerun the same call to resume."
+                ) from e
             futures.discard(future)
             future.release()  # finished: no recompute if its worker dies later
             if isinstance(result, _ShapeError):

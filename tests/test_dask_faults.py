@@ -160,6 +160,48 @@ def test_workers_killed_early_and_mid_run(
     assert time.monotonic() - start < TIMEOUT
 
 
+@pytest.mark.slow  # ~30 s: two clusters start
+def test_scheduler_killed_then_resumed_on_a_new_cluster(tmp_path: Path) -> None:
+    """The scheduler dies mid-run: a clear error; a new cluster resumes from the store."""
+    n, chunk, seed = 4000, 100, 17
+    path = tmp_path / "run.zarr"
+    deadline = time.monotonic() + TIMEOUT - 5
+    first = LoopbackCluster(tmp_path / "first")
+    try:
+        with distributed.Client(first.address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=30)
+
+            def killer() -> None:
+                def done() -> int:
+                    try:
+                        return int(SimulationStore.open(path).done.sum())
+                    except (FileNotFoundError, ValueError):
+                        return 0
+
+                wait_until(lambda: done() >= 5, "5 chunks", deadline, poll=0.02)
+                first.scheduler.kill()
+
+            threading.Thread(target=killer, daemon=True).start()
+            with pytest.raises(RuntimeError, match="scheduler was lost.*rerun the same call"):
+                simulate(
+                    SleepyGaussian(per_row=0.002), n, seed=seed, chunk_size=chunk,
+                    client=client, store=path, progress=False,
+                )  # fmt: skip
+    finally:
+        first.close()
+    assert 5 <= SimulationStore.open(path).done.sum() < n // chunk
+    second = LoopbackCluster(tmp_path / "second")
+    try:
+        with distributed.Client(second.address, timeout=30) as client:
+            result = simulate(
+                SleepyGaussian(per_row=0.002), n, seed=seed, chunk_size=chunk,
+                client=client, store=path, progress=False,
+            )  # fmt: skip
+    finally:
+        second.close()
+    assert_exact(result, reference(n, chunk, seed), n)
+
+
 def _kill_driver_then_resume(
     tmp_path: Path, driver_args: list[str], resume_kw: dict, n: int, chunk: int, seed: int
 ) -> None:
