@@ -83,6 +83,8 @@ class TrainingHistory:
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
     wall_time: float = 0.0
+    #: Rows of the training data held out for validation (not saved with a model).
+    validation_index: Tensor | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, list[float] | int | float]:
         """Plain types, for saving."""
@@ -133,6 +135,19 @@ def threads_for(
     return _threads(model, num_threads)
 
 
+def _clip_gradients(model: nn.Module, max_norm: float | None) -> None:
+    """Clip the gradient norm to ``max_norm``, or let the model do it (``clip_gradients_``).
+
+    An ensemble clips each member on its own norm (as if trained alone) rather than all
+    members on their joint norm.
+    """
+    own = getattr(model, "clip_gradients_", None)
+    if callable(own):
+        own(max_norm)
+    elif max_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+
+
 def _adam(model: nn.Module, learning_rate: float) -> torch.optim.Adam:
     """Adam, fused into one kernel per step where torch supports it (~10% faster here)."""
     devices = {p.device.type for p in model.parameters()}
@@ -173,13 +188,13 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
     if config.seed is None:
         generator.seed()
     order = torch.randperm(n, generator=generator)
+    history = TrainingHistory(validation_index=order[:n_val].clone())
     a_val, b_val = a[order[:n_val]], b[order[:n_val]]
     a_train, b_train = a[order[n_val:]], b[order[n_val:]]
     n_train = a_train.shape[0]
     batch_size = config.batch_size or int(min(512, max(200, n_train // 16)))
 
     optimizer = _adam(model, config.learning_rate)
-    history = TrainingHistory()
     best_val, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
     decays_left = config.lr_decays
     patience = config.stop_after_epochs
@@ -203,8 +218,7 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.clip_max_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_max_norm, foreach=True)
+            _clip_gradients(model, config.clip_max_norm)
             optimizer.step()
             running += float(loss.detach()) * idx.shape[0]
         model.eval()

@@ -83,7 +83,9 @@ def rational_quadratic_spline(
     inside = (inputs >= -bound) & (inputs <= bound)
     clamped = inputs.clamp(-bound, bound)
     knots = cumheights if inverse else cumwidths
-    index = torch.searchsorted(knots[..., 1:-1].contiguous(), clamped[..., None], right=True)
+    index = torch.searchsorted(
+        knots[..., 1:-1].contiguous(), clamped[..., None].contiguous(), right=True
+    )
 
     # One gather for every per-bin quantity: (*, 6, K) -> (*, 6).
     table = torch.stack(
