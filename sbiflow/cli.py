@@ -260,6 +260,11 @@ def run(config: RunConfig) -> dict[str, Any]:
         from sbiflow.diagnostics import c2st
 
         summary["c2st_vs_reference"] = c2st(reference, samples)
+    check = getattr(model, "calibration", None)
+    if check is not None:
+        summary["calibration_check"] = {**check.as_dict(), "summary": check.summary()}
+        if getattr(model, "balance", 0.0):
+            summary["calibration_check"]["balance"] = model.balance
     if config.diagnostics.coverage_tests > 0:
         summary["coverage"] = _calibration(config, simulator, model, labels, out, progress)
     with open(os.path.join(out, "summary.json"), "w") as handle:
@@ -275,8 +280,11 @@ def _model(config: RunConfig, simulator: Any) -> Any:
 
     method = sbiflow.NLE if config.inference.method == "nle" else sbiflow.NPE
     kind = config.estimator.kind or ("maf" if config.inference.method == "nle" else "nsf")
+    options = dict(config.estimator.options)
+    if method is sbiflow.NPE:
+        options["simulator"] = simulator  # "auto" takes the embedding it declares
     try:
-        return method(simulator.prior, estimator=kind, **config.estimator.options)
+        return method(simulator.prior, estimator=kind, **options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"[estimator]: {err}") from err
 
@@ -389,6 +397,14 @@ def _summary_text(summary: dict[str, Any]) -> str:
         if "log_z_exact" in evidence:
             line += f" (exact: {evidence['log_z_exact']:.3f})"
         lines.append(line)
+    if "calibration_check" in summary:
+        check = summary["calibration_check"]
+        lines.append(f"calibration check after training: {check['summary']}")
+        if not check["calibrated"]:
+            lines.append(
+                "  the posterior is overconfident: simulate more, or train an ensemble "
+                '(estimator kind = "ensemble") or with a larger balance'
+            )
     if "coverage" in summary:
         pairs = ", ".join(f"{level}: {value:.3f}" for level, value in summary["coverage"].items())
         lines.append(f"expected coverage (level: measured): {pairs}")

@@ -28,9 +28,29 @@ def quick_npe(box_prior, toy_data):
     return sbiflow.NPE(box_prior).fit(theta, x, max_epochs=5, progress=False)
 
 
+#: NPE's shipped rule: below this budget, ``calibration="auto"`` trains an ensemble of 5.
+SHIPPED_SMALL_BUDGET = sbiflow.NPE.SMALL_BUDGET
+
+
 def pytest_configure(config):
-    """Under pytest-xdist every worker gets one thread: two workers on two cores, not four."""
+    """Under pytest-xdist every worker gets one thread: two workers on two cores, not four.
+
+    Tests of other features train single flows on small budgets (where the shipped default
+    trains a 5-member ensemble, 3-4x the time): the suite would take twice its 5 minutes.
+    The post-fit calibration check and the retraining of a flow it flags still run in every
+    test; tests marked ``calibration_defaults`` (tests/test_calibration.py) get the shipped
+    small-budget rule back.
+    """
     import os
+
+    sbiflow.NPE.SMALL_BUDGET = 0
 
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _shipped_small_budget_rule(request, monkeypatch):
+    """Tests marked ``calibration_defaults`` run with NPE's shipped small-budget rule."""
+    if request.node.get_closest_marker("calibration_defaults"):
+        monkeypatch.setattr(sbiflow.NPE, "SMALL_BUDGET", SHIPPED_SMALL_BUDGET)

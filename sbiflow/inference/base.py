@@ -87,7 +87,9 @@ class NeuralInference:
         raise NotImplementedError
 
     # -- training ----------------------------------------------------------------------
-    def _check_training_data(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _check_training_data(
+        self, theta: Tensor, x: Tensor, quiet: bool = False
+    ) -> tuple[Tensor, Tensor]:
         theta = validate_theta(self.prior, theta)
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.ndim == 1:
@@ -102,15 +104,16 @@ class NeuralInference:
         if n_bad == theta.shape[0]:
             raise ValueError("Every simulation holds NaN or inf: there is nothing to train on.")
         if n_bad:
-            warnings.warn(
-                f"{n_bad} of {theta.shape[0]} simulations hold NaN or inf and were left out of "
-                "training.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            if not quiet:
+                warnings.warn(
+                    f"{n_bad} of {theta.shape[0]} simulations hold NaN or inf and were left out "
+                    "of training.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             theta, x = theta[finite], x[finite]
         outside = int((~in_support(self.prior, theta)).sum())
-        if outside:
+        if outside and not quiet:
             warnings.warn(
                 f"{outside} of {theta.shape[0]} training parameters lie outside the prior's "
                 "support; were they simulated from another prior?",
@@ -168,9 +171,19 @@ class NeuralInference:
             self._cache.clear()
             self.estimator.to(self.device)
             # inside the seeded block: losses that draw noise (score, cVAE) repeat too
-            self.history = train(self.estimator, a.to(self.device), b.to(self.device), config)
+            self.history = train(
+                self._training_module(self.estimator), a.to(self.device), b.to(self.device), config
+            )
         self.estimator.eval()
+        self._after_fit(theta, x, progress)
         return self
+
+    def _training_module(self, estimator: ConditionalEstimator) -> nn.Module:
+        """The module whose ``loss`` training minimizes (the estimator, or a wrapper)."""
+        return estimator
+
+    def _after_fit(self, theta: Tensor, x: Tensor, progress: bool) -> None:
+        """Checks run on the trained estimator (NPE: calibration on the validation split)."""
 
     def __repr__(self) -> str:
         """E.g. ``NPE(nsf, theta (2,), x (2,), trained on 10,000 simulations, 87 epochs)``."""

@@ -5,16 +5,36 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from sbiflow.embeddings import default_embedding
+from sbiflow.embeddings import declared_embedding, default_embedding
+from sbiflow.estimators import ConditionalEstimator
+from sbiflow.inference.balanced import BalancedLoss, supports_balance
 from sbiflow.inference.base import NeuralInference
+from sbiflow.inference.calibration import CalibrationCheck, check_calibration
 from sbiflow.priors import in_support, validate_theta
 from sbiflow.training import threads_for
 
 __all__ = ["NPE", "PriorSupportError"]
+
+#: What ``NPE(calibration=...)`` accepts.
+CALIBRATION_MODES = ("auto", "check", "off")
+
+
+def _worse(new: CalibrationCheck | None, old: CalibrationCheck | None) -> bool:
+    """Whether ``new`` is less calibrated than ``old``: its worst shortfall is larger."""
+    if new is None or old is None:
+        return new is None and old is not None
+
+    def shortfall(check: CalibrationCheck) -> float:
+        return max(lv - c for lv, c in zip(check.levels, check.coverage, strict=True))
+
+    return shortfall(new) > shortfall(old)
+
 
 #: Below this acceptance rate, sampling warns that mass leaks out of the prior.
 LOW_ACCEPTANCE = 0.01
@@ -32,6 +52,32 @@ class NPE(NeuralInference):
     Samples are restricted to the prior's support by rejection; ``log_prob`` is renormalized
     for the mass the estimator puts outside it.
 
+    Calibrated by default (``calibration="auto"``): after ``fit``, the expected coverage of
+    the posterior's credible regions is checked on the validation split (stored in
+    ``self.calibration``, printed by ``sbiflow run``). A flow (``"nsf"``, ``"maf"``) trained
+    on fewer than ``SMALL_BUDGET`` simulations — where single flows are overconfident and
+    the validation split is too small to tell — is trained as a vectorized ensemble of
+    ``ENSEMBLE_MEMBERS`` from the start; a flow on more simulations is trained alone, and
+    only if its check finds it overconfident is it trained again as an ensemble (kept if it
+    checks better). A result that is still overconfident raises a
+    :class:`~sbiflow.inference.calibration.CalibrationWarning` that says what to do.
+    ``docs/calibration.md`` has the measurements behind these choices.
+
+    Args:
+        prior: Any ``torch.distributions.Distribution`` over θ with event shape ``(D,)``.
+        estimator: Estimator family, one of ``sbiflow.estimators.ESTIMATORS``.
+        embedding_net: Network for x (see :class:`~sbiflow.inference.base.NeuralInference`).
+        device: Torch device for training and sampling.
+        balance: Weight λ of the BNPE balance term (``sbiflow.inference.balanced``; flows
+            and ensembles of flows only); ``0`` (default) trains plain NPE.
+        calibration: ``"auto"`` (above), ``"check"`` (check and warn, never retrain) or
+            ``"off"``. The check needs an exact density: it runs for flows and ensembles.
+        simulator: The simulator the training data come from (optional). With
+            ``embedding_net="auto"``, the embedding it declares (its ``embedding_net``
+            attribute, e.g. the dwarf's ``"kinematic_set"``) is used instead of a guess from
+            the shape of x.
+        **estimator_options: Passed to the estimator (e.g. ``hidden_features=64``).
+
     Example:
         >>> import sbiflow
         >>> prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
@@ -46,8 +92,189 @@ class NPE(NeuralInference):
         (Greenberg et al., 2019), arXiv:1905.07488.
     """
 
+    #: BNPE weight used when ``balance=None``.
+    DEFAULT_BALANCE = 0.0
+    #: Validation simulations the post-fit calibration check uses at most.
+    CALIBRATION_SIMULATIONS = 500
+    #: Below this many (valid) simulations, ``calibration="auto"`` trains an ensemble.
+    SMALL_BUDGET = 5_000
+    #: Members of the ensemble ``calibration="auto"`` trains.
+    ENSEMBLE_MEMBERS = 5
+
+    def __init__(
+        self,
+        prior: Distribution,
+        estimator: str = "nsf",
+        embedding_net: nn.Module | str | dict[str, Any] | None = "auto",
+        device: str = "cpu",
+        *,
+        balance: float | None = None,
+        calibration: str = "auto",
+        simulator: Any = None,
+        **estimator_options: Any,
+    ) -> None:
+        if isinstance(embedding_net, str) and embedding_net == "auto":
+            embedding_net = declared_embedding(simulator) or "auto"
+        # a user's module: its weights, once trained, cannot be drawn again for an ensemble
+        self._user_module = isinstance(embedding_net, nn.Module)
+        super().__init__(prior, estimator, embedding_net, device, **estimator_options)
+        if calibration not in CALIBRATION_MODES:
+            raise ValueError(
+                f"calibration must be one of {list(CALIBRATION_MODES)}, got {calibration!r}."
+            )
+        balanceable = supports_balance(estimator, estimator_options)
+        balance = float(self.DEFAULT_BALANCE if balance is None else balance)
+        if balance < 0 or not math.isfinite(balance):
+            raise ValueError(f"balance must be a finite number >= 0, got {balance}.")
+        if balance > 0 and not balanceable:
+            raise ValueError(
+                f"balance needs an estimator with an exact log density (nsf, maf, or an "
+                f"ensemble of them); {estimator!r} has none. Use balance=0."
+            )
+        self.balance = balance
+        self.calibration_mode = calibration if balanceable else "off"
+        self.calibration: CalibrationCheck | None = None
+        self._requested = (estimator, dict(estimator_options))
+
     def _roles(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return theta, x
+
+    def _training_module(self, estimator: ConditionalEstimator) -> nn.Module:
+        if self.balance > 0:
+            return BalancedLoss(estimator, self.prior, self.balance)
+        return estimator
+
+    def fit(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        *,
+        seed: int | None = 0,
+        progress: bool = True,
+        **training_options: Any,
+    ) -> NPE:
+        """Train on simulations; with ``calibration="auto"``, as an ensemble where needed.
+
+        Args and returns as :meth:`NeuralInference.fit`; ``self.calibration`` holds the
+        check of the estimator kept.
+        """
+        kind, options = self._requested
+        adaptive = (
+            self.calibration_mode == "auto" and kind in ("nsf", "maf") and not self._user_module
+        )
+        self._use_estimator(kind, options)
+        n_valid = self._count_valid(theta, x)
+        if adaptive and n_valid < self.SMALL_BUDGET:
+            self._use_ensemble(kind, options)
+        super().fit(theta, x, seed=seed, progress=progress, **training_options)
+        if adaptive and self.estimator_kind == kind and not self._checked_calibrated():
+            single = (self.estimator, self.history, self.calibration, self.embedding_net)
+            self._use_ensemble(kind, options)
+            super().fit(theta, x, seed=seed, progress=progress, **training_options)
+            if _worse(self.calibration, single[2]):
+                self.estimator, self.history, self.calibration, self.embedding_net = single
+                self._use_estimator(kind, options)
+        if self.calibration is not None:
+            self.calibration.warn_if_overconfident(stacklevel=3)
+        return self
+
+    def _use_estimator(self, kind: str, options: dict[str, Any]) -> None:
+        self.estimator_kind, self.estimator_options = kind, dict(options)
+
+    def _use_ensemble(self, kind: str, options: dict[str, Any]) -> None:
+        self.estimator_kind = "ensemble"
+        self.estimator_options = {
+            "member": kind,
+            "num_members": self.ENSEMBLE_MEMBERS,
+            **options,
+        }
+
+    def _checked_calibrated(self) -> bool:
+        return self.calibration is None or self.calibration.calibrated
+
+    @staticmethod
+    def _count_valid(theta: Tensor, x: Tensor) -> int:
+        x = torch.as_tensor(x)
+        rows = x.reshape(x.shape[0], -1) if x.ndim > 1 else x[:, None]
+        finite = torch.isfinite(rows).all(dim=1) & torch.isfinite(torch.as_tensor(theta)).all(1)
+        return int(finite.sum())
+
+    def _after_fit(self, theta: Tensor, x: Tensor, progress: bool) -> None:
+        self.calibration = None
+        held_out = self.history.validation_index
+        if self.calibration_mode == "off" or held_out is None:
+            return
+        # the same NaN-free rows the estimator was trained on, in the same order
+        theta, x = self._check_training_data(theta, x, quiet=True)
+        rows = held_out[: self.CALIBRATION_SIMULATIONS]
+        self.calibration = self.check_calibration(
+            theta[rows], x[rows], source="validation simulations", warn=False
+        )
+
+    def check_calibration(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        *,
+        num_samples: int = 256,
+        source: str = "held-out simulations",
+        warn: bool = True,
+        seed: int = 0,
+    ) -> CalibrationCheck:
+        """Expected coverage of the posterior's HPD regions on held-out simulations.
+
+        Args:
+            theta: Parameters drawn from the prior, ``(B, D)``, not used in training.
+            x: Their simulations, ``(B, *x_shape)``.
+            num_samples: Posterior draws per simulation.
+            source: Where the pairs come from, for the summary.
+            warn: Raise a ``CalibrationWarning`` when coverage is below nominal.
+            seed: Seed of the posterior draws.
+
+        Returns:
+            The check (levels, coverage, ``calibrated``, ``summary()``).
+        """
+        estimator = self._trained()
+        theta = validate_theta(self.prior, theta)
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == 1:
+            x = x.unsqueeze(1)
+        if x.shape[0] != theta.shape[0] or tuple(x.shape[1:]) != self.x_shape:
+            raise ValueError(
+                f"theta ({tuple(theta.shape)}) and x ({tuple(x.shape)}) must be B pairs, x "
+                f"shaped (B, *{self.x_shape})."
+            )
+        with torch.random.fork_rng(), threads_for(estimator):
+            torch.manual_seed(seed)
+            check = check_calibration(
+                estimator, self.prior, theta, x, num_samples=num_samples, source=source
+            )
+        if warn:
+            check.warn_if_overconfident(stacklevel=3)
+        return check
+
+    def state(self) -> dict[str, Any]:
+        """As :meth:`NeuralInference.state`, with the balance weight and the calibration check."""
+        state = super().state()
+        state["balance"] = self.balance
+        state["calibration"] = None if self.calibration is None else self.calibration.as_dict()
+        return state
+
+    @classmethod
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        prior: Distribution,
+        embedding_net: nn.Module | None = None,
+        device: str = "cpu",
+    ) -> NPE:
+        """Rebuild a trained NPE from :meth:`state` (files from before BNPE: ``balance=0``)."""
+        obj = super().from_state(state, prior, embedding_net, device)
+        assert isinstance(obj, NPE)
+        obj.balance = float(state.get("balance", 0.0))
+        calibration = state.get("calibration")
+        obj.calibration = None if calibration is None else CalibrationCheck.from_dict(calibration)
+        return obj
 
     def _x_standardizer(self) -> nn.Module:
         return self._trained().b_standardizer
