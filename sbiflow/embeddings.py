@@ -413,6 +413,35 @@ def default_embedding(x: Tensor) -> nn.Module | None:
     return None
 
 
+def declared_embedding(simulator: Any) -> dict[str, Any] | None:
+    """The embedding a simulator declares for its x, as a spec ``{"type": name, **options}``.
+
+    A simulator may set an attribute ``embedding_net`` (a name of ``EMBEDDINGS`` or such a
+    dict); ``embedding_net="auto"`` then takes it (``NPE(prior, simulator=sim)``, ``sbiflow
+    run``, ``ModelComparison``) instead of guessing from the shape of x. sbiflow reads the
+    attribute only: it never imports the simulators.
+
+    Args:
+        simulator: Any simulator object (or None).
+
+    Returns:
+        The spec, or None when the simulator declares none.
+
+    Raises:
+        ValueError: If the declaration names no known embedding.
+    """
+    declared = getattr(simulator, "embedding_net", None)
+    if declared is None:
+        return None
+    spec = {"type": declared} if isinstance(declared, str) else dict(declared)
+    if spec.get("type") not in EMBEDDINGS:
+        raise ValueError(
+            f"{type(simulator).__name__}.embedding_net = {declared!r} names no embedding; "
+            f"choose one of {sorted(EMBEDDINGS)} (or a dict with such a 'type')."
+        )
+    return spec
+
+
 def build_embedding(spec: dict[str, Any], x_shape: tuple[int, ...]) -> nn.Module:
     """Build an embedding net from its spec (as stored in a saved model)."""
     options = dict(spec)

@@ -20,7 +20,9 @@ class Simulator(Protocol):
     allows, a simulator also offers ``log_likelihood(theta, x)`` (exact log-likelihood of
     ``theta`` shaped ``(B, D)`` for one observation ``x``, returns ``(B,)``),
     ``reference_posterior(x_o, n, seed=0)`` (``(n, D)`` exact posterior samples), and
-    ``observation(i)`` / ``true_parameters(i)`` (reference observations, ``i`` from 1).
+    ``observation(i)`` / ``true_parameters(i)`` (reference observations, ``i`` from 1), and
+    ``embedding_net``: the embedding that suits its x (a name of ``sbiflow.embeddings`` or a
+    spec dict ``{"type": name, **options}``), which ``embedding_net="auto"`` then takes.
 
     Attributes:
         name: Registry name, e.g. ``"two_moons"``.

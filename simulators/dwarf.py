@@ -335,6 +335,8 @@ class Dwarf(SimulatorBase):
     """
 
     name = "dwarf"
+    #: The embedding NPE's "auto" takes for x (sbiflow reads it; see docs/dwarf.md).
+    embedding_net = "kinematic_set"
     dv_range = (1.0, 3.0)  # per-star velocity errors, km/s, drawn uniformly
 
     def __init__(

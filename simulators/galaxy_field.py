@@ -70,6 +70,8 @@ class GalaxyField(SimulatorBase):
     """
 
     name = "galaxy_field"
+    #: The embedding NPE's "auto" takes for x: the binned power spectrum (docs/galaxy_field.md).
+    embedding_net = "power_spectrum"
     box_size = 500.0  # L, Mpc/h
     depth = 500.0  # Delta, Mpc/h
     number_density = 2.5e-4  # galaxies per (Mpc/h)^3

@@ -269,3 +269,58 @@ def test_npe_takes_an_embedding_spec_with_options(box_prior, tmp_path):
         sbiflow.NPE(box_prior, embedding_net={"type": "deepset", "width": 8})
     with pytest.raises(ValueError, match="embedding_net must be"):
         sbiflow.NPE(box_prior, embedding_net={"hidden_features": 8})
+
+
+# -- embeddings a simulator declares ----------------------------------------------------------
+class _DeclaresKinematicSet:
+    """A simulator-like object that declares the embedding for its x."""
+
+    embedding_net = {"type": "kinematic_set", "num_profiles": 4}
+
+
+def test_auto_takes_the_embedding_a_simulator_declares():
+    from sbiflow.embeddings import KinematicSetEmbedding, declared_embedding
+
+    prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
+    torch.manual_seed(0)
+    theta = prior.sample((200,))
+    x = torch.zeros(200, 6, 4)
+    x[:, :, 0] = torch.rand(200, 6)
+    x[:, :, 1] = theta[:, :1] * torch.randn(200, 6)
+    x[:, :, 2] = 1.0
+    x[:, :, 3] = 1.0
+    x[:100, 4:] = 0.0
+    declared = sbiflow.NPE(prior, simulator=_DeclaresKinematicSet(), calibration="off")
+    declared.fit(theta, x, max_epochs=1, progress=False)
+    assert isinstance(declared.embedding_net, KinematicSetEmbedding)
+    assert declared.embedding_net.spec["num_profiles"] == 4
+    # without the simulator, "auto" guesses a DeepSet from the padded set
+    guessed = sbiflow.NPE(prior, calibration="off").fit(
+        theta, x, max_epochs=1, progress=False
+    )
+    assert isinstance(guessed.embedding_net, DeepSetEmbedding)
+    # an explicit choice wins over the declaration
+    explicit = sbiflow.NPE(
+        prior, embedding_net="deepset", simulator=_DeclaresKinematicSet(), calibration="off"
+    )
+    assert explicit.embedding_spec == {"type": "deepset"}
+    assert declared_embedding(object()) is None
+
+
+def test_a_bad_declaration_names_the_simulator():
+    from sbiflow.embeddings import declared_embedding
+
+    class Bad:
+        embedding_net = "transformer"
+
+    with pytest.raises(ValueError, match="Bad.embedding_net = 'transformer' names no embedding"):
+        declared_embedding(Bad())
+
+
+def test_physics_simulators_declare_their_embeddings():
+    import simulators
+    from sbiflow.embeddings import declared_embedding
+
+    assert declared_embedding(simulators.get("dwarf")) == {"type": "kinematic_set"}
+    assert declared_embedding(simulators.get("galaxy_field")) == {"type": "power_spectrum"}
+    assert declared_embedding(simulators.get("two_moons")) is None

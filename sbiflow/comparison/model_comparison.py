@@ -22,7 +22,7 @@ from sbiflow.comparison.data import check_simulations, model_prior, simulate_mod
 from sbiflow.comparison.losses import LOSSES
 from sbiflow.comparison.misspecification import Misspecification, SummaryReference
 from sbiflow.comparison.network import ComparisonNetwork, check_embedding, member_embeddings
-from sbiflow.embeddings import embedding_spec
+from sbiflow.embeddings import declared_embedding, embedding_spec
 from sbiflow.inference.base import NotFittedError
 from sbiflow.training import TrainingConfig, TrainingHistory, threads_for, train
 
@@ -137,6 +137,11 @@ class ModelComparison:
         if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
             raise ValueError(f"ensemble must be a positive int, got {ensemble!r}.")
         self.prior_probs = model_prior(self.names, prior_probs)
+        if isinstance(embedding_net, str) and embedding_net == "auto" and self.simulators:
+            # the embedding the simulators declare, if they all declare the same one
+            declared = [declared_embedding(sim) for sim in self.simulators.values()]
+            if declared[0] is not None and all(d == declared[0] for d in declared):
+                embedding_net = declared[0]
         check_embedding(embedding_net)
         self.embedding_net = embedding_net
         self.loss, self.ensemble, self.bootstrap = loss, ensemble, bool(bootstrap)
