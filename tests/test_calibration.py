@@ -215,10 +215,14 @@ def test_auto_trains_an_ensemble_on_a_small_budget():
     assert npe.estimator_kind == "ensemble" and isinstance(npe.estimator, EnsembleEstimator)
     assert npe.estimator.num_members == sbiflow.NPE.ENSEMBLE_MEMBERS
     assert npe.estimator.member == "nsf" and npe.calibration is not None
+    assert npe.balance == sbiflow.NPE.ENSEMBLE_BALANCE  # BNPE members unless told otherwise
+    told = sbiflow.NPE(PRIOR, balance=0.0, hidden_features=8)
+    assert told.fit(theta, x, max_epochs=1, progress=False).balance == 0.0
     # "check" keeps the requested estimator whatever the budget
     single = sbiflow.NPE(PRIOR, calibration="check", hidden_features=8)
     single.fit(theta, x, max_epochs=2, progress=False)
     assert single.estimator_kind == "nsf" and single.calibration is not None
+    assert single.balance == 0.0
     off = sbiflow.NPE(PRIOR, calibration="off", hidden_features=8)
     assert off.fit(theta, x, max_epochs=2, progress=False).calibration is None
 
@@ -240,7 +244,33 @@ def test_auto_retrains_an_overconfident_flow_as_an_ensemble(monkeypatch):
         return max(lv - c for lv, c in zip(check.levels, check.coverage, strict=True))
 
     assert shortfall(auto.calibration) < shortfall(first.calibration)
-    # a calibrated flow above the small budget stays one flow
-    theta, x = linear_gaussian(600, 12)
-    kept = sbiflow.NPE(PRIOR, hidden_features=16).fit(theta, x, progress=False, max_epochs=30)
-    assert kept.calibration.calibrated and kept.estimator_kind == "nsf"
+    # the same flow within the retraining threshold stays one flow (and warns)
+    monkeypatch.setattr(sbiflow.NPE, "RETRAIN_SHORTFALL", 1.0)
+    with pytest.warns(CalibrationWarning):
+        kept = sbiflow.NPE(PRIOR, hidden_features=16).fit(theta, x, progress=False, **options)
+    assert kept.estimator_kind == "nsf" and kept.balance == 0.0
+    assert kept.calibration.coverage == first.calibration.coverage
+
+
+def test_bootstrap_weights_are_exponential_fixed_and_independent():
+    from scipy import stats
+
+    torch.manual_seed(0)
+    ensemble = EnsembleEstimator((2,), (3,), num_members=4, bootstrap=True, hidden_features=8)
+    a, b = torch.randn(20_000, 2), torch.randn(20_000, 3)
+    weights = ensemble.bootstrap_weights(a, b)  # (K, B)
+    assert weights.shape == (4, 20_000) and bool((weights > 0).all())
+    for k in range(4):
+        assert stats.kstest(weights[k].numpy(), "expon").pvalue > 1e-3
+    correlation = torch.corrcoef(weights)
+    assert float((correlation - torch.eye(4)).abs().max()) < 0.05  # members independent
+    assert torch.equal(weights, ensemble.bootstrap_weights(a, b))  # the same every epoch
+    # the loss is the members' weighted mean; off, it is the plain mean
+    ensemble.standardize_from(a, b)
+    rows_a, rows_b = a[:16], b[:16]
+    with torch.no_grad():
+        losses = ensemble.member_losses(rows_a, rows_b)
+        expected = (losses * ensemble.bootstrap_weights(rows_a, rows_b)).mean(0)
+        assert torch.allclose(ensemble.loss(rows_a, rows_b), expected, atol=1e-5)
+        ensemble.bootstrap = False
+        assert torch.allclose(ensemble.loss(rows_a, rows_b), losses.mean(0), atol=1e-6)

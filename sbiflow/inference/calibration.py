@@ -68,6 +68,11 @@ class CalibrationCheck:
         ]
 
     @property
+    def shortfall(self) -> float:
+        """The largest amount by which coverage falls below its level (negative: none)."""
+        return max(lv - c for lv, c in zip(self.levels, self.coverage, strict=True))
+
+    @property
     def calibrated(self) -> bool:
         """No level is overconfident beyond chance."""
         return not self.overconfident_levels

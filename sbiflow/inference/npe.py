@@ -30,10 +30,7 @@ def _worse(new: CalibrationCheck | None, old: CalibrationCheck | None) -> bool:
     if new is None or old is None:
         return new is None and old is not None
 
-    def shortfall(check: CalibrationCheck) -> float:
-        return max(lv - c for lv, c in zip(check.levels, check.coverage, strict=True))
-
-    return shortfall(new) > shortfall(old)
+    return new.shortfall > old.shortfall
 
 
 #: Below this acceptance rate, sampling warns that mass leaks out of the prior.
@@ -57,9 +54,10 @@ class NPE(NeuralInference):
     ``self.calibration``, printed by ``sbiflow run``). A flow (``"nsf"``, ``"maf"``) trained
     on fewer than ``SMALL_BUDGET`` simulations — where single flows are overconfident and
     the validation split is too small to tell — is trained as a vectorized ensemble of
-    ``ENSEMBLE_MEMBERS`` from the start; a flow on more simulations is trained alone, and
-    only if its check finds it overconfident is it trained again as an ensemble (kept if it
-    checks better). A result that is still overconfident raises a
+    ``ENSEMBLE_MEMBERS`` flows trained with the BNPE balance term (``ENSEMBLE_BALANCE``)
+    from the start; a flow on more simulations is trained alone, and
+    only if its validation coverage falls more than ``RETRAIN_SHORTFALL`` below a level is
+    it trained again as an ensemble (kept if it checks better). A result that is still overconfident raises a
     :class:`~sbiflow.inference.calibration.CalibrationWarning` that says what to do.
     ``docs/calibration.md`` has the measurements behind these choices.
 
@@ -69,7 +67,8 @@ class NPE(NeuralInference):
         embedding_net: Network for x (see :class:`~sbiflow.inference.base.NeuralInference`).
         device: Torch device for training and sampling.
         balance: Weight λ of the BNPE balance term (``sbiflow.inference.balanced``; flows
-            and ensembles of flows only); ``0`` (default) trains plain NPE.
+            and ensembles of flows only); ``0`` trains plain NPE. ``None`` (default): 0 for
+            one flow, ``ENSEMBLE_BALANCE`` for the ensemble ``calibration="auto"`` trains.
         calibration: ``"auto"`` (above), ``"check"`` (check and warn, never retrain) or
             ``"off"``. The check needs an exact density: it runs for flows and ensembles.
         simulator: The simulator the training data come from (optional). With
@@ -100,6 +99,12 @@ class NPE(NeuralInference):
     SMALL_BUDGET = 5_000
     #: Members of the ensemble ``calibration="auto"`` trains.
     ENSEMBLE_MEMBERS = 5
+    #: BNPE weight of that ensemble (unless ``balance`` is given).
+    ENSEMBLE_BALANCE = 100.0
+    #: ``calibration="auto"`` retrains a flow whose validation coverage falls this far
+    #: below a level (the tolerance issue 14 asks of the defaults), though chance alone may
+    #: explain it; the warning waits for a shortfall beyond chance.
+    RETRAIN_SHORTFALL = 0.03
 
     def __init__(
         self,
@@ -123,6 +128,7 @@ class NPE(NeuralInference):
                 f"calibration must be one of {list(CALIBRATION_MODES)}, got {calibration!r}."
             )
         balanceable = supports_balance(estimator, estimator_options)
+        balance_given = balance is not None
         balance = float(self.DEFAULT_BALANCE if balance is None else balance)
         if balance < 0 or not math.isfinite(balance):
             raise ValueError(f"balance must be a finite number >= 0, got {balance}.")
@@ -132,6 +138,7 @@ class NPE(NeuralInference):
                 f"ensemble of them); {estimator!r} has none. Use balance=0."
             )
         self.balance = balance
+        self._balance_given = balance_given
         self.calibration_mode = calibration if balanceable else "off"
         self.calibration: CalibrationCheck | None = None
         self._requested = (estimator, dict(estimator_options))
@@ -167,7 +174,7 @@ class NPE(NeuralInference):
         if adaptive and n_valid < self.SMALL_BUDGET:
             self._use_ensemble(kind, options)
         super().fit(theta, x, seed=seed, progress=progress, **training_options)
-        if adaptive and self.estimator_kind == kind and not self._checked_calibrated():
+        if adaptive and self.estimator_kind == kind and self._short_of_nominal():
             single = (self.estimator, self.history, self.calibration, self.embedding_net)
             self._use_ensemble(kind, options)
             super().fit(theta, x, seed=seed, progress=progress, **training_options)
@@ -180,6 +187,8 @@ class NPE(NeuralInference):
 
     def _use_estimator(self, kind: str, options: dict[str, Any]) -> None:
         self.estimator_kind, self.estimator_options = kind, dict(options)
+        if not self._balance_given:
+            self.balance = self.DEFAULT_BALANCE
 
     def _use_ensemble(self, kind: str, options: dict[str, Any]) -> None:
         self.estimator_kind = "ensemble"
@@ -188,9 +197,12 @@ class NPE(NeuralInference):
             "num_members": self.ENSEMBLE_MEMBERS,
             **options,
         }
+        if not self._balance_given:
+            self.balance = self.ENSEMBLE_BALANCE
 
-    def _checked_calibrated(self) -> bool:
-        return self.calibration is None or self.calibration.calibrated
+    def _short_of_nominal(self) -> bool:
+        check = self.calibration
+        return check is not None and check.shortfall > self.RETRAIN_SHORTFALL
 
     @staticmethod
     def _count_valid(theta: Tensor, x: Tensor) -> int:
