@@ -55,9 +55,9 @@ class NPE(NeuralInference):
     on fewer than ``SMALL_BUDGET`` simulations — where single flows are overconfident and
     the validation split is too small to tell — is trained as a vectorized ensemble of
     ``ENSEMBLE_MEMBERS`` flows trained with the BNPE balance term (``ENSEMBLE_BALANCE``)
-    from the start; a flow on more simulations is trained alone, and
-    only if its validation coverage falls more than ``RETRAIN_SHORTFALL`` below a level is
-    it trained again as an ensemble (kept if it checks better). A result that is still overconfident raises a
+    from the start; a flow on more simulations is trained alone, and only if its validation
+    coverage falls more than ``RETRAIN_SHORTFALL`` below a level is it trained again as that
+    ensemble (kept if it checks better). A result that is still overconfident raises a
     :class:`~sbiflow.inference.calibration.CalibrationWarning` that says what to do.
     ``docs/calibration.md`` has the measurements behind these choices.
 
