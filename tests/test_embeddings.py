@@ -295,9 +295,7 @@ def test_auto_takes_the_embedding_a_simulator_declares():
     assert isinstance(declared.embedding_net, KinematicSetEmbedding)
     assert declared.embedding_net.spec["num_profiles"] == 4
     # without the simulator, "auto" guesses a DeepSet from the padded set
-    guessed = sbiflow.NPE(prior, calibration="off").fit(
-        theta, x, max_epochs=1, progress=False
-    )
+    guessed = sbiflow.NPE(prior, calibration="off").fit(theta, x, max_epochs=1, progress=False)
     assert isinstance(guessed.embedding_net, DeepSetEmbedding)
     # an explicit choice wins over the declaration
     explicit = sbiflow.NPE(
