@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from tqdm.auto import tqdm
 
 from sbiflow.embeddings import declared_embedding, default_embedding
 from sbiflow.estimators import ConditionalEstimator
@@ -175,12 +176,23 @@ class NPE(NeuralInference):
             self._use_ensemble(kind, options)
         super().fit(theta, x, seed=seed, progress=progress, **training_options)
         if adaptive and self.estimator_kind == kind and self._short_of_nominal():
+            assert self.calibration is not None
+            if progress:
+                check = self.calibration
+                coverage = " / ".join(f"{c:.2f}" for c in check.coverage)
+                tqdm.write(
+                    f"calibration check: coverage {coverage} at 50 / 68 / 95% on "
+                    f"{check.num_simulations} validation simulations, more than "
+                    f"{self.RETRAIN_SHORTFALL} below a level: training an ensemble of "
+                    f"{self.ENSEMBLE_MEMBERS} {kind} flows on the same simulations"
+                )
             single = (self.estimator, self.history, self.calibration, self.embedding_net)
             self._use_ensemble(kind, options)
             super().fit(theta, x, seed=seed, progress=progress, **training_options)
             if _worse(self.calibration, single[2]):
                 self.estimator, self.history, self.calibration, self.embedding_net = single
                 self._use_estimator(kind, options)
+                self._cache.clear()
         if self.calibration is not None:
             self.calibration.warn_if_overconfident(stacklevel=3)
         return self
