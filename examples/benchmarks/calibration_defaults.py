@@ -130,10 +130,12 @@ class _SbiPosterior:
         return self.posterior.log_prob(theta, x=x, norm_posterior=normalize)
 
 
-def epoch_timing(members: tuple[int, ...], epochs: int = 3) -> list[dict]:
+def epoch_timing(
+    members: tuple[int, ...], task: str = "two_moons", n: int = 10_000, epochs: int = 3
+) -> list[dict]:
     """Seconds per epoch: one NSF, and K-member ensembles vectorized and member by member."""
-    sim = simulators.get("two_moons")
-    theta, x = sbiflow.simulate(sim, 10_000, seed=0, progress=False)
+    sim = simulators.get(task, transform="anscombe") if task == "collider" else get_task(task)
+    theta, x = sbiflow.simulate(sim, n, seed=0, progress=False)
     config = TrainingConfig(max_epochs=epochs, stop_after_epochs=10**6, progress=False, seed=0)
 
     def per_epoch(kind: str, **options) -> float:
@@ -143,12 +145,20 @@ def epoch_timing(members: tuple[int, ...], epochs: int = 3) -> list[dict]:
         return train(model, theta, x, config).wall_time / epochs
 
     one = per_epoch("nsf")
-    rows = [{"members": 1, "mode": "one NSF", "seconds": one, "ratio": 1.0}]
+    rows = [{"task": task, "members": 1, "mode": "one NSF", "seconds": one, "ratio": 1.0}]
     for k in members:
         for vectorized in (True, False):
             seconds = per_epoch("ensemble", num_members=k, vectorized=vectorized)
             mode = "vectorized" if vectorized else "member by member"
-            rows.append({"members": k, "mode": mode, "seconds": seconds, "ratio": seconds / one})
+            rows.append(
+                {
+                    "task": task,
+                    "members": k,
+                    "mode": mode,
+                    "seconds": seconds,
+                    "ratio": seconds / one,
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -157,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--tasks",
-        nargs="+",
+        nargs="*",
         default=["two_moons", "slcp", "gaussian_linear", "gaussian_mixture"],
     )
     parser.add_argument("--budgets", nargs="+", type=int, default=[1_000, 10_000])
@@ -166,7 +176,12 @@ def main() -> None:
     parser.add_argument("--observations", type=int, default=3)
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--sbi", action="store_true", help="also fit sbi's NPE")
-    parser.add_argument("--epoch-timing", action="store_true")
+    parser.add_argument(
+        "--epoch-timing",
+        nargs="*",
+        default=None,
+        help="time epochs on these tasks (task or task:n; none given: two_moons:10000)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--c2st-workers", type=int, default=1)
@@ -181,7 +196,12 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
 
     runs, jobs = [], []
-    timing = epoch_timing((3, 5)) if args.epoch_timing else []
+    timing = []
+    for spec in args.epoch_timing if args.epoch_timing is not None else []:
+        name, _, size = spec.partition(":")
+        timing += epoch_timing((3, 5), name, int(size or 10_000))
+    if args.epoch_timing == []:
+        timing = epoch_timing((3, 5))
     for task in args.tasks:
         sim = get_task(task)
         theta_test, x_test = sbiflow.simulate(sim, args.test, seed=1000, progress=False)
@@ -254,9 +274,15 @@ def main() -> None:
     if timing:
         more.append(
             (
-                ["members", "mode", "s / epoch", "x one NSF"],
+                ["task", "members", "mode", "s / epoch", "x one NSF"],
                 [
-                    [str(r["members"]), r["mode"], f"{r['seconds']:.3f}", f"{r['ratio']:.2f}"]
+                    [
+                        r["task"],
+                        str(r["members"]),
+                        r["mode"],
+                        f"{r['seconds']:.3f}",
+                        f"{r['ratio']:.2f}",
+                    ]
                     for r in timing
                 ],
             )
