@@ -75,6 +75,19 @@ VARIANTS = {
         "calibration": "check",
     },
     "default": {},
+    # one NSF trained with sbi's NPE training options (batch 200, Adam 5e-4, patience 20, no
+    # learning-rate decay) instead of sbiflow's faster ones
+    "plain_sbi_training": {
+        "balance": 0.0,
+        "calibration": "check",
+        "_training": {
+            "batch_size": 200,
+            "learning_rate": 5e-4,
+            "stop_after_epochs": 20,
+            "lr_decays": 0,
+            "min_patience": None,
+        },
+    },
 }
 
 
@@ -102,7 +115,9 @@ def get_task(name: str):
 
 
 def fit_variant(prior, options, theta, x, seed):
-    return sbiflow.NPE(prior, **options).fit(theta, x, seed=seed, progress=False)
+    options = dict(options)
+    training = options.pop("_training", {})
+    return sbiflow.NPE(prior, **options).fit(theta, x, seed=seed, progress=False, **training)
 
 
 def fit_sbi(prior, theta, x, seed):
