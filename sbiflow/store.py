@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ class SimulationStore:
         """Create an empty store for ``n`` simulations of ``dim_theta`` parameters.
 
         Args:
-            path: The store's directory (must not exist, or be empty).
+            path: The store's directory (must not exist, or be empty); built next to it and
+                renamed into place, so it is complete or absent.
             seed: The run's seed.
             n: Number of simulations.
             chunk_size: Simulations per chunk.
@@ -131,7 +133,14 @@ class SimulationStore:
             **provenance: More JSON-serializable attributes to record: ``simulator_class``,
                 ``simulator_options``, ``prior``, ``prior_repr``.
         """
-        group = zarr.open_group(path, mode="w-")
+        final = Path(path)
+        if final.exists() and (not final.is_dir() or any(final.iterdir())):
+            raise FileExistsError(f"{str(path)!r} exists and is not empty: not creating a store.")
+        # Built aside, then renamed into place (atomic): a run killed while creating leaves no
+        # half-made store at ``path``, only a hidden ``.<name>.creating-*`` folder.
+        building = final.parent / f".{final.name}.creating-{uuid.uuid4().hex[:8]}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(building, mode="w-")
         n_chunks = -(-n // chunk_size)
         kw: dict[str, Any] = {"dtype": "float32", "fill_value": np.nan}
         group.create_array("theta", shape=(n, dim_theta), chunks=(chunk_size, dim_theta), **kw)
@@ -152,7 +161,8 @@ class SimulationStore:
             first_error=None,
             **provenance,
         )
-        return cls(group, path)
+        os.replace(building, final)  # onto nothing, or an empty directory
+        return cls(zarr.open_group(final, mode="r+"), path)
 
     @classmethod
     def resume(cls, path: str | os.PathLike, **provenance: Any) -> SimulationStore:
@@ -241,8 +251,10 @@ class SimulationStore:
         if self.x_shape is None:
             chunks = (self.group.attrs["chunk_size"], *x_shape)
             shape = (self.group.attrs["n"], *x_shape)
+            # overwrite: a run killed between creating x and recording x_shape left an x
+            # with no chunk done (x_shape is recorded before any row is written)
             self.group.create_array(
-                "x", shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan
+                "x", shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan, overwrite=True
             )
             self.group.attrs["x_shape"] = list(x_shape)
         elif x_shape != self.x_shape:

@@ -225,6 +225,34 @@ def test_same_prior_in_another_class_resumes(tmp_path, reference):
     )
 
 
+def test_a_store_is_complete_or_absent(tmp_path, reference, monkeypatch):
+    """Killed while the store is being created: nothing at the path; the rerun creates it."""
+    path = tmp_path / "s.zarr"
+    with monkeypatch.context() as patch:
+        patch.setattr(zarr.Group, "create_array", lambda *a, **k: (_ for _ in ()).throw(Interrupt))
+        with pytest.raises(Interrupt):
+            run(Gaussian(), seed=3, store=path)
+    assert not path.exists()
+    assert_same(run(Gaussian(), seed=3, store=path), reference)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "s.zarr"][0].startswith(
+        ".s.zarr.creating-"
+    )  # the leftover of the killed creation, harmless
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    assert_same(run(Gaussian(), seed=3, store=empty), reference)  # an empty folder is fine
+
+
+def test_killed_between_creating_x_and_recording_its_shape(tmp_path, reference, monkeypatch):
+    path = tmp_path / "s.zarr"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 0)
+        with pytest.raises(Interrupt):
+            run(Gaussian(), seed=3, store=path)
+    group = zarr.open_group(path, mode="r+")
+    group.create_array("x", shape=(N, 2), chunks=(CHUNK, 2), dtype="float32")  # then killed
+    assert_same(run(Gaussian(), seed=3, store=path), reference)
+
+
 def test_stores_without_the_new_fields_still_resume(tmp_path, reference, monkeypatch):
     path = tmp_path / "old.zarr"
     with monkeypatch.context() as patch:
