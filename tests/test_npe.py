@@ -30,9 +30,17 @@ C2ST_SAMPLES = 2_000  # per set: the 10-d classifier of sbibm's C2ST is slow on 
 
 @pytest.fixture(scope="module")
 def gaussian_linear_npe():
+    """One NSF (calibration="check"): the tolerances above are the NSF's.
+
+    The default (calibration="auto") finds this flow short of nominal coverage on its
+    validation split and retrains it as a 5-member BNPE ensemble, whose worst-dimension mean
+    error on this seed is 0.31 std (BNPE trades a little accuracy for coverage; its C2ST and
+    coverage are in docs/results/calibration_defaults.md).
+    """
     sim = simulators.get("gaussian_linear")
     theta, x = sbiflow.simulate(sim, 5_000, seed=1, progress=False)
-    return sim, sbiflow.NPE(sim.prior).fit(theta, x, seed=0, progress=False)
+    npe = sbiflow.NPE(sim.prior, calibration="check")
+    return sim, npe.fit(theta, x, seed=0, progress=False)
 
 
 def test_npe_matches_analytic_gaussian_linear_posterior(gaussian_linear_npe):

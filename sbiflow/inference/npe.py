@@ -171,7 +171,8 @@ class NPE(NeuralInference):
             self.calibration_mode == "auto" and kind in ("nsf", "maf") and not self._user_module
         )
         self._use_estimator(kind, options)
-        n_valid = self._count_valid(theta, x)
+        # the rows training will keep (and the errors it would raise, before any training)
+        n_valid = int(self._check_training_data(theta, x, quiet=True)[0].shape[0])
         if adaptive and n_valid < self.SMALL_BUDGET:
             self._use_ensemble(kind, options)
         super().fit(theta, x, seed=seed, progress=progress, **training_options)
@@ -215,13 +216,6 @@ class NPE(NeuralInference):
     def _short_of_nominal(self) -> bool:
         check = self.calibration
         return check is not None and check.shortfall > self.RETRAIN_SHORTFALL
-
-    @staticmethod
-    def _count_valid(theta: Tensor, x: Tensor) -> int:
-        x = torch.as_tensor(x)
-        rows = x.reshape(x.shape[0], -1) if x.ndim > 1 else x[:, None]
-        finite = torch.isfinite(rows).all(dim=1) & torch.isfinite(torch.as_tensor(theta)).all(1)
-        return int(finite.sum())
 
     def _after_fit(self, theta: Tensor, x: Tensor, progress: bool) -> None:
         self.calibration = None
