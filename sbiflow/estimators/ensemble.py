@@ -243,6 +243,20 @@ class EnsembleEstimator(ConditionalEstimator):
             losses = losses * self.bootstrap_weights(a, b)
         return losses.mean(dim=0)
 
+    def _projection(self, features: int, device: torch.device) -> Tensor:
+        """The fixed ``(features, K)`` float64 projection of :meth:`bootstrap_weights`.
+
+        Drawn once from a fixed seed and kept (not saved: the seed rebuilds it), so a
+        training step does not draw it again.
+        """
+        key = (features, str(device))
+        cache = self.__dict__.setdefault("_projections", {})
+        if key not in cache:
+            generator = torch.Generator().manual_seed(20_240_917)
+            projection = torch.randn(features, self.num_members, generator=generator)
+            cache[key] = projection.double().to(device)
+        return cache[key]
+
     @torch.no_grad()
     def bootstrap_weights(self, a: Tensor, b: Tensor) -> Tensor:
         """Exponential(1) weights ``(K, B)`` of pairs a ``(B, D_a)``, b ``(B, *b_shape)``.
@@ -253,9 +267,7 @@ class EnsembleEstimator(ConditionalEstimator):
         after save/load; different members weigh it independently.
         """
         rows = torch.cat([a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)], dim=1)
-        generator = torch.Generator().manual_seed(20_240_917)
-        projection = torch.randn(rows.shape[1], self.num_members, generator=generator)
-        scaled = rows.double() @ projection.double().to(rows.device)  # (B, K)
+        scaled = rows.double() @ self._projection(rows.shape[1], rows.device)  # (B, K)
         uniform = torch.frac(scaled.abs() * 1e4)
         return -torch.log(uniform.clamp(1e-6, 1.0)).T.to(a.dtype)  # (K, B)
 

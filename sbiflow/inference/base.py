@@ -183,7 +183,11 @@ class NeuralInference:
         return estimator
 
     def _after_fit(self, theta: Tensor, x: Tensor, progress: bool) -> None:
-        """Checks run on the trained estimator (NPE: calibration on the validation split)."""
+        """Checks run on the trained estimator (NPE: calibration on the validation split).
+
+        ``theta``, ``x`` are the rows training used (NaN/inf rows already left out), so
+        ``self.history.validation_index`` indexes them.
+        """
 
     def __repr__(self) -> str:
         """E.g. ``NPE(nsf, theta (2,), x (2,), trained on 10,000 simulations, 87 epochs)``."""

@@ -30,7 +30,6 @@ def _worse(new: CalibrationCheck | None, old: CalibrationCheck | None) -> bool:
     """Whether ``new`` is less calibrated than ``old``: its worst shortfall is larger."""
     if new is None or old is None:
         return new is None and old is not None
-
     return new.shortfall > old.shortfall
 
 
@@ -222,8 +221,7 @@ class NPE(NeuralInference):
         held_out = self.history.validation_index
         if self.calibration_mode == "off" or held_out is None:
             return
-        # the same NaN-free rows the estimator was trained on, in the same order
-        theta, x = self._check_training_data(theta, x, quiet=True)
+        # theta, x are the checked rows training used, so the validation indices apply
         rows = held_out[: self.CALIBRATION_SIMULATIONS]
         self.calibration = self.check_calibration(
             theta[rows], x[rows], source="validation simulations", warn=False
