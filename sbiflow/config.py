@@ -28,14 +28,55 @@ class ConfigError(ValueError):
     """A configuration file is missing, unreadable, or has a bad key or value."""
 
 
+def _key(default: Any = dataclasses.MISSING, doc: str = "", *, choices: Any = None) -> Any:
+    """A configuration key: its default, its help text and its allowed values.
+
+    The help and the allowed values feed the configuration reference of the documentation
+    (``docs/configs.md``, generated from these fields when the site is built).
+
+    Args:
+        default: The default value; a ``dict`` or ``list`` default is copied per instance.
+        doc: What the key does, in a sentence or two (Markdown).
+        choices: The allowed values: a tuple, or a function returning one (for values that
+            live in a module this one does not import at load time).
+
+    Returns:
+        A :func:`dataclasses.field` carrying ``doc`` and ``choices`` in its metadata.
+    """
+    metadata = {"help": doc, **({"choices": choices} if choices is not None else {})}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _losses() -> tuple[str, ...]:
+    """The classifier losses of a model comparison (imported when asked, not at load)."""
+    from sbiflow.comparison.losses import LOSSES
+
+    return tuple(LOSSES)
+
+
 @dataclass
 class SimulatorSection:
-    """Which simulator: a registered name, or your own factory ``"package.module:function"``."""
+    """Which simulator: a registered name, or your own factory ``"package.module:function"``.
 
-    name: str = ""
-    module: str = "simulators"
-    factory: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    Any other key of ``[simulator]`` is an option of the simulator (it joins ``options``),
+    e.g. ``model = "cored"`` for ``simulators.get("dwarf", model="cored")``.
+    """
+
+    name: str = _key("", 'A name registered in `module` (e.g. `"two_moons"`, `"dwarf"`).')
+    module: str = _key(
+        "simulators", "The module whose `get(name, **options)` returns the simulator."
+    )
+    factory: str = _key(
+        "",
+        'Your own simulator instead: `"package.module:function"`, a function returning an '
+        "object with `prior` and `simulate(theta, rng)` (a module next to the configuration "
+        "file is found).",
+    )
+    options: dict[str, Any] = _key(
+        {}, "Keyword arguments of the simulator (`get(name, **options)` or the factory)."
+    )
 
 
 @dataclass
@@ -47,19 +88,34 @@ class SimulationSection:
     to the configuration file). ``workers`` then stays 1: the cluster's workers run them.
     """
 
-    num_simulations: int = 10_000
-    seed: int = 0
-    workers: int = 1
-    chunk_size: int = 1000
-    store: str = ""
-    scheduler: str = ""
+    num_simulations: int = _key(10_000, "Simulations to run (at least 10).")
+    seed: int = _key(
+        0, "Seed of the simulations (one `SeedSequence`: results do not depend on `workers`)."
+    )
+    workers: int = _key(1, "Local processes that run the chunks (at least 1).")
+    chunk_size: int = _key(1000, "Simulations per chunk: the unit of seeding, storage and resume.")
+    store: str = _key(
+        "",
+        "A Zarr store that keeps the simulations and resumes an interrupted run, relative to "
+        '`output.directory` (`""`: in memory only).',
+    )
+    scheduler: str = _key(
+        "",
+        'A Dask scheduler for `sbiflow simulate`: its address `"tcp://host:port"` or the '
+        "`.json` file its `--scheduler-file` wrote (relative to the configuration file).",
+    )
 
 
 @dataclass
 class InferenceSection:
     """What is learned: the posterior (``"npe"``) or a likelihood emulator (``"nle"``)."""
 
-    method: str = "npe"
+    method: str = _key(
+        "npe",
+        '`"npe"`: a posterior q(θ | x); `"nle"`: a likelihood emulator q(x | θ) that '
+        "emcee or dynesty sample.",
+        choices=METHODS,
+    )
 
 
 @dataclass
@@ -67,33 +123,55 @@ class EstimatorSection:
     """The density estimator family and its options (e.g. ``hidden_features``).
 
     ``kind = ""`` takes the method's default: NSF for NPE, MAF (behind a θ-dependent affine
-    layer) for NLE.
+    layer) for NLE. Any other key of ``[estimator]`` is a keyword argument of ``sbiflow.NPE``
+    or ``sbiflow.NLE`` (it joins ``options``), e.g. ``calibration = "check"``,
+    ``embedding_net = "kinematic_set"``, ``hidden_features = 64``.
     """
 
-    kind: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    kind: str = _key(
+        "",
+        'The estimator family (`""`: NSF for NPE, MAF for NLE).',
+        choices=ESTIMATORS,
+    )
+    options: dict[str, Any] = _key(
+        {}, "Keyword arguments of `sbiflow.NPE` / `sbiflow.NLE` and of the estimator."
+    )
 
 
 @dataclass
 class TrainingSection:
     """Options of the training loop (see ``sbiflow.training.TrainingConfig``)."""
 
-    batch_size: int = 0  # 0: chosen from the number of simulations
-    learning_rate: float = TrainingConfig.learning_rate
-    validation_fraction: float = TrainingConfig.validation_fraction
-    stop_after_epochs: int = TrainingConfig.stop_after_epochs
-    max_epochs: int = TrainingConfig.max_epochs
-    clip_max_norm: float = 5.0
-    seed: int = 0
+    batch_size: int = _key(
+        0, "Samples per gradient step; 0 chooses from the number of simulations (200 to 512)."
+    )
+    learning_rate: float = _key(TrainingConfig.learning_rate, "Adam learning rate (positive).")
+    validation_fraction: float = _key(
+        TrainingConfig.validation_fraction,
+        "Share of the simulations held out for early stopping (and NPE's calibration check), "
+        "in (0, 1).",
+    )
+    stop_after_epochs: int = _key(
+        TrainingConfig.stop_after_epochs,
+        "Stop when the validation loss has not improved for this many epochs (at most).",
+    )
+    max_epochs: int = _key(TrainingConfig.max_epochs, "Hard limit on epochs.")
+    clip_max_norm: float = _key(5.0, "Gradient norm clipping.")
+    seed: int = _key(0, "Seed of the validation split, the initialization and the batch order.")
 
 
 @dataclass
 class ObservationSection:
     """The observed data: the simulator's observation ``index``, or explicit ``values``."""
 
-    index: int = 0
-    values: list[Any] = field(default_factory=list)
-    model: str = ""  # a [models] comparison: whose observation ``index`` (default: the first)
+    index: int = _key(0, "The simulator's `observation(index)` (from 1); 0: use `values`.")
+    values: list[Any] = _key(
+        [], "The measured data, shaped like one simulator output (nested lists for arrays)."
+    )
+    model: str = _key(
+        "",
+        'A `[models]` comparison: the model whose `observation(index)` is used (`""`: the first).',
+    )
 
 
 @dataclass
@@ -104,27 +182,40 @@ class SamplingSection:
     gives the evidence). ``evidence = true`` runs dynesty for log Z in any case (NLE only).
     """
 
-    num_samples: int = 10_000
-    seed: int = 0
-    sampler: str = ""
-    evidence: bool = False
+    num_samples: int = _key(10_000, "Posterior samples to draw (at least 1).")
+    seed: int = _key(0, "Seed of the sampling.")
+    sampler: str = _key(
+        "",
+        'NLE only: `"mcmc"` (emcee, the default) or `"nested"` (dynesty, which also gives '
+        "the evidence).",
+        choices=SAMPLERS,
+    )
+    evidence: bool = _key(False, "NLE only: also run dynesty for the evidence log Z.")
 
 
 @dataclass
 class DiagnosticsSection:
     """Checks against the simulator's reference posterior, where it has one."""
 
-    reference: bool = True  # overlay reference samples on the corner plot
-    c2st: bool = False  # also score the posterior with C2ST (slow in high dimension)
-    coverage_tests: int = 0  # > 0: expected coverage and SBC ranks over this many fresh sims
+    reference: bool = _key(True, "Overlay the simulator's reference posterior on `corner.png`.")
+    c2st: bool = _key(
+        False, "Also score the posterior against the reference with C2ST (slow in high dimension)."
+    )
+    coverage_tests: int = _key(
+        0,
+        "> 0: expected coverage (`coverage.png`) and SBC ranks (`ranks.png`) over this many "
+        "fresh simulations (NPE only).",
+    )
 
 
 @dataclass
 class OutputSection:
     """Where results go and whether to show progress bars."""
 
-    directory: str = "sbiflow-run"
-    progress: bool = True
+    directory: str = _key(
+        "sbiflow-run", "The folder for samples, plots, the model and the summary."
+    )
+    progress: bool = _key(True, "Show progress bars.")
 
 
 @dataclass
@@ -141,21 +232,37 @@ class ComparisonSection:
     with ``crosscheck_nlive`` live points.
     """
 
-    n_per_model: int = 20_000
-    loss: str = "cross_entropy"
-    ensemble: int = 1
-    bootstrap: bool = True
-    embedding_net: Any = "auto"
-    hidden_features: int = 128
-    num_layers: int = 3
-    prior_probs: dict[str, Any] = field(default_factory=dict)
-    n_reference: int = 1000
-    calibration_simulations: int = 2000
-    crosscheck: bool = False
-    crosscheck_simulations: int = 10_000
-    crosscheck_emulator: bool = True
-    crosscheck_exact: bool = True
-    crosscheck_nlive: int = 500
+    n_per_model: int = _key(20_000, "Simulations per model that train the classifier (≥ 100).")
+    loss: str = _key("cross_entropy", "The classifier's loss.", choices=_losses)
+    ensemble: int = _key(
+        1, "Classifiers in the ensemble; their spread is the error of log K (≥ 1)."
+    )
+    bootstrap: bool = _key(
+        True, "Each ensemble member trains on its own Bayesian bootstrap of the simulations."
+    )
+    embedding_net: Any = _key(
+        "auto", "The summary network of x, as `embedding_net` of `sbiflow.ModelComparison`."
+    )
+    hidden_features: int = _key(128, "Width of the classifier head's hidden layers.")
+    num_layers: int = _key(3, "Hidden layers of the classifier head.")
+    prior_probs: dict[str, Any] = _key({}, "Prior model probabilities by model name (`{}`: equal).")
+    n_reference: int = _key(
+        1000, "Simulations per model (at most a fifth) held out for the misspecification check."
+    )
+    calibration_simulations: int = _key(
+        2000, "Fresh simulations per model that measure the calibration (≥ 1)."
+    )
+    crosscheck: bool = _key(
+        False, "Also compute evidences by nested sampling (`evidence_crosscheck`)."
+    )
+    crosscheck_simulations: int = _key(
+        10_000, "Simulations per model for the cross-check's NLE (≥ 1)."
+    )
+    crosscheck_emulator: bool = _key(True, "Cross-check with an NLE per model and dynesty.")
+    crosscheck_exact: bool = _key(
+        True, "Cross-check with dynesty on the exact likelihoods, where the simulators have them."
+    )
+    crosscheck_nlive: int = _key(500, "dynesty's live points in the cross-check (≥ 10).")
 
 
 @dataclass
