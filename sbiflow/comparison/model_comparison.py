@@ -511,7 +511,11 @@ class ModelComparison:
 
     # -- saving ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Weights, configuration and held-out summaries as plain tensors and types."""
+        """Weights, configuration and held-out summaries as plain tensors and types.
+
+        Returns:
+            A dict for ``sbiflow.save`` (loaded with ``torch.load(weights_only=True)``).
+        """
         network = self._trained()
         assert self.reference is not None
         embeddings = network.embeddings
@@ -538,9 +542,18 @@ class ModelComparison:
     ) -> ModelComparison:
         """Rebuild a trained object from :meth:`state` (used by ``sbiflow.load``).
 
-        ``prior`` is accepted for the common interface and ignored: each model has its own,
-        and none is needed after training. Pass ``simulators`` again by setting
-        ``obj.simulators = {name: simulator}`` to simulate in :meth:`calibration`.
+        Pass ``simulators`` again by setting ``obj.simulators = {name: simulator}`` to
+        simulate in :meth:`calibration`.
+
+        Args:
+            state: What :meth:`state` returned.
+            prior: Accepted for the common interface and ignored: each model has its own,
+                and none is needed after training.
+            embedding_net: A freshly built module, if trained with your own embedding.
+            device: Torch device of the rebuilt classifier.
+
+        Returns:
+            The trained model comparison.
         """
         config = dict(state["network_config"])
         members = int(config["members"])

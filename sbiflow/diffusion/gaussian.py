@@ -77,7 +77,19 @@ class GaussianScorePrior:
 
     @classmethod
     def from_distribution(cls, prior: Distribution, **options: object) -> GaussianScorePrior:
-        """From a torch ``MultivariateNormal``, ``Normal`` or ``Independent(Normal)``."""
+        """From a torch ``MultivariateNormal``, ``Normal`` or ``Independent(Normal)``.
+
+        Args:
+            prior: The distribution; its event shape is ``z_shape`` (a scalar ``Normal``
+                gives ``(1,)``).
+            **options: Passed to the constructor (``sde``, ``t_min``, ``dtype``).
+
+        Returns:
+            The prior with the distribution's mean and covariance.
+
+        Raises:
+            TypeError: For any other distribution.
+        """
         if isinstance(prior, MultivariateNormal):
             return cls(prior.loc, prior.covariance_matrix, **options)  # type: ignore[arg-type]
         base = prior.base_dist if isinstance(prior, Independent) else prior
@@ -95,31 +107,72 @@ class GaussianScorePrior:
         )
 
     def denoise(self, u: Tensor, t: Tensor) -> Tensor:
-        r""":math:`E[u_0 \mid u_t]` for rows ``u`` ``(N, D)`` at a scalar time ``t``."""
+        r""":math:`E[u_0 \mid u_t]` for rows ``u`` ``(N, D)`` at a scalar time ``t``.
+
+        Args:
+            u: Diffused standardized rows :math:`u_t`, ``(N, D)``.
+            t: Diffusion time, a scalar tensor.
+
+        Returns:
+            The exact denoised rows, ``(N, D)``.
+        """
         m, s = self.sde.mean_scale(t.double()), self.sde.std(t.double())
         return self.covariance.apply(u, lambda lam: m * lam / (m**2 * lam + s**2))
 
     def baseline_tweedie(self, v: Tensor, t: Tensor) -> Tensor:
-        r""":math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2 C + \sigma^2)^{-1} v` (exact)."""
+        r""":math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2 C + \sigma^2)^{-1} v` (exact).
+
+        Args:
+            v: Rows to multiply, ``(N, D)``.
+            t: Diffusion time, a scalar tensor.
+
+        Returns:
+            The products, ``(N, D)``.
+        """
         m, s = self.sde.mean_scale(t.double()), self.sde.std(t.double())
         return self.covariance.apply(v, lambda lam: s**2 * lam / (m**2 * lam + s**2))
 
     def terminal(self, n: int) -> Tensor:
-        r"""Draws of :math:`u_1 \sim \mathcal{N}(0, m_1^2 C + \sigma_1^2 I)`, ``(n, D)``."""
+        r"""Draws of :math:`u_1 \sim \mathcal{N}(0, m_1^2 C + \sigma_1^2 I)`, where sampling starts.
+
+        Args:
+            n: Number of draws.
+
+        Returns:
+            Draws ``(n, D)`` in the prior's ``dtype``.
+        """
         one = torch.ones((), dtype=torch.float64)
         m, s = self.sde.mean_scale(one), self.sde.std(one)
         return self.covariance.sample(n, lambda lam: (m**2 * lam + s**2).sqrt(), self.dtype)
 
     def to_z(self, u: Tensor) -> Tensor:
-        """Standardized rows ``(N, D)`` back to z ``(N, *z_shape)``."""
+        """Standardized rows back to z.
+
+        Args:
+            u: Standardized rows ``(N, D)``.
+
+        Returns:
+            z, ``(N, *z_shape)``.
+        """
         return (self.loc.to(u) + self.scale.to(u) * u).reshape(-1, *self.z_shape)
 
     def from_z(self, z: Tensor) -> Tensor:
-        """Map z ``(N, *z_shape)`` to standardized rows ``(N, D)``."""
+        """Map z to standardized rows.
+
+        Args:
+            z: Fields ``(N, *z_shape)``.
+
+        Returns:
+            Standardized rows ``(N, D)`` in the prior's ``dtype``.
+        """
         return (z.reshape(-1, self.dim).to(self.dtype) - self.loc) / self.scale
 
     def covariance_matrix(self) -> Tensor:
-        r""":math:`\Sigma` over flattened z, ``(D, D)`` float64 (dense; for references)."""
+        r""":math:`\Sigma` over flattened z, dense (for references).
+
+        Returns:
+            The covariance, ``(D, D)`` float64.
+        """
         eye = torch.eye(self.dim, dtype=torch.float64)
         c = self.covariance.matmul(eye)
         s = self.scale.to(torch.float64)

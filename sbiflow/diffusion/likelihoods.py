@@ -63,7 +63,17 @@ class LinearGaussianLikelihood:
         return self.operator.out_features
 
     def check_observation(self, y: Tensor) -> Tensor:
-        """``y`` flattened to ``(M,)``, with a clear error for a wrong size or NaN/inf."""
+        """``y`` flattened to ``(M,)``, with a clear error for a wrong size or NaN/inf.
+
+        Args:
+            y: The observation, any shape with ``M`` elements.
+
+        Returns:
+            ``y`` as a tensor ``(M,)``.
+
+        Raises:
+            ValueError: ``y`` has the wrong number of elements, or holds NaN or inf.
+        """
         y = torch.as_tensor(y)
         if y.numel() != self.out_features:
             raise ValueError(
@@ -75,13 +85,29 @@ class LinearGaussianLikelihood:
         return y.reshape(-1)
 
     def log_prob(self, y: Tensor, z: Tensor) -> Tensor:
-        r""":math:`\log p(y \mid z)` for one y and rows ``z`` ``(N, *z_shape)`` → ``(N,)``."""
+        r""":math:`\log p(y \mid z)` for one y and rows of z.
+
+        Args:
+            y: The observation, ``M`` elements.
+            z: Rows ``(N, *z_shape)``.
+
+        Returns:
+            The log-likelihood of each row, ``(N,)``, in ``z``'s dtype.
+        """
         y = self.check_observation(y).to(z.dtype)
         residual = y - self.operator(z.reshape(z.shape[0], -1))
         return self.noise.log_prob(residual)
 
     def simulate(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Draws of y for rows of ``z`` ``(N, *z_shape)`` → ``(N, M)`` (float64)."""
+        """Draws of y for rows of z: ``A z`` plus noise.
+
+        Args:
+            z: Rows ``(N, *z_shape)``.
+            generator: Torch generator of the noise (``None``: the global one).
+
+        Returns:
+            Simulated observations ``(N, M)``, float64.
+        """
         mean = self.operator(z.reshape(z.shape[0], -1).to(torch.float64))
         white = torch.randn(mean.shape, dtype=torch.float64, generator=generator)
         if self.noise.diagonal:
@@ -107,14 +133,35 @@ class LogLikelihood:
         self.fn, self.name = fn, name
 
     def check_observation(self, y: Tensor) -> Tensor:
-        """``y`` as a tensor, with a clear error for NaN/inf."""
+        """``y`` as a tensor, with a clear error for NaN/inf.
+
+        Args:
+            y: The observation, in the shape ``fn`` expects.
+
+        Returns:
+            ``y`` as a tensor, same shape.
+
+        Raises:
+            ValueError: ``y`` holds NaN or inf.
+        """
         y = torch.as_tensor(y)
         if not torch.isfinite(y).all():
             raise ValueError("y holds NaN or inf.")
         return y
 
     def log_prob(self, y: Tensor, z: Tensor) -> Tensor:
-        r""":math:`\log p(y \mid z)` for rows ``z`` ``(N, *z_shape)`` → ``(N,)``."""
+        r""":math:`\log p(y \mid z)` for rows of z, by the function given.
+
+        Args:
+            y: The observation.
+            z: Rows ``(N, *z_shape)``.
+
+        Returns:
+            The log-likelihood of each row, ``(N,)``.
+
+        Raises:
+            ValueError: The function did not return one value per row.
+        """
         out = self.fn(z, y)
         if out.shape != (z.shape[0],):
             raise ValueError(

@@ -173,36 +173,78 @@ class ScorePrior(nn.Module):
         return base + self._net_out(white, t) * (s * m**2 / (m**2 + s**2))
 
     def denoise(self, u: Tensor, t: Tensor) -> Tensor:
-        r""":math:`E[u_0 \mid u_t]` by Tweedie's formula, rows ``u`` ``(N, D)``, scalar ``t``."""
+        r""":math:`E[u_0 \mid u_t]` by Tweedie's formula.
+
+        Args:
+            u: Diffused standardized rows :math:`u_t`, ``(N, D)``.
+            t: Diffusion time, a scalar.
+
+        Returns:
+            The denoised rows, ``(N, D)``.
+        """
         t = torch.as_tensor(t, dtype=u.dtype)
         m, s = self.sde.mean_scale(t), self.sde.std(t)
         return (u - s * self._eps(u, t)) / m
 
     def baseline_tweedie(self, v: Tensor, t: Tensor) -> Tensor:
-        r"""Baseline :math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2C + \sigma^2)^{-1} v`."""
+        r"""Baseline :math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2C + \sigma^2)^{-1} v`.
+
+        Args:
+            v: Rows to multiply, ``(N, D)``.
+            t: Diffusion time, a scalar.
+
+        Returns:
+            The products, ``(N, D)``, from the Gaussian baseline's covariance ``C``.
+        """
         t = torch.as_tensor(t, dtype=torch.float64)
         m, s = self.sde.mean_scale(t), self.sde.std(t)
         return self.covariance.apply(v, lambda lam: s**2 * lam / (m**2 * lam + s**2))
 
     def terminal(self, n: int) -> Tensor:
-        """Draws of the diffused baseline at t = 1, ``(n, D)``: where sampling starts."""
+        """Draws of the diffused baseline at t = 1: where sampling starts.
+
+        Args:
+            n: Number of draws.
+
+        Returns:
+            Draws ``(n, D)``, float32.
+        """
         one = torch.ones((), dtype=torch.float32)
         m, s = self.sde.mean_scale(one), self.sde.std(one)
         return self.covariance.sample(n, lambda lam: (m**2 * lam + s**2).sqrt(), torch.float32)
 
     def to_z(self, u: Tensor) -> Tensor:
-        """Standardized rows ``(N, D)`` → z ``(N, *z_shape)``."""
+        """Standardized rows back to z.
+
+        Args:
+            u: Standardized rows ``(N, D)``.
+
+        Returns:
+            z, ``(N, *z_shape)``.
+        """
         return (self.loc.to(u) + self.scale.to(u) * u).reshape(-1, *self.z_shape)
 
     def from_z(self, z: Tensor) -> Tensor:
-        """Map z ``(N, *z_shape)`` to standardized rows ``(N, D)``."""
+        """Map z to standardized rows.
+
+        Args:
+            z: Fields ``(N, *z_shape)``.
+
+        Returns:
+            Standardized rows ``(N, D)``, float32.
+        """
         return (z.reshape(-1, self.dim).to(torch.float32) - self.loc) / self.scale
 
     # -- training -------------------------------------------------------------------------
     def loss(self, a: Tensor, b: Tensor | None = None) -> Tensor:
-        r"""Denoising score matching :math:`\|\hat\epsilon - \epsilon\|^2` for rows of z, ``(B,)``.
+        r"""Denoising score matching :math:`\|\hat\epsilon - \epsilon\|^2` for rows of z.
 
-        ``b`` is ignored (the training loop passes an empty condition).
+        Args:
+            a: Training fields ``(B, *z_shape)``.
+            b: Ignored (the training loop passes an empty condition).
+
+        Returns:
+            The loss of each row, ``(B,)``.
         """
         if self.training:
             self._update_ema()
@@ -271,7 +313,19 @@ class ScorePrior(nn.Module):
     # -- sampling -------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, steps: int = 64, seed: int | None = None) -> Tensor:
-        """Unconditional draws ``(n, *z_shape)`` by the probability-flow ODE."""
+        """Unconditional draws by the probability-flow ODE.
+
+        Args:
+            n: Number of draws.
+            steps: Steps of the ODE solver (Heun).
+            seed: Seed for reproducible draws (``None``: torch's global RNG).
+
+        Returns:
+            Draws ``(n, *z_shape)``.
+
+        Raises:
+            RuntimeError: The prior is not fitted.
+        """
         self._check_fitted()
         with torch.random.fork_rng(enabled=seed is not None):
             if seed is not None:
@@ -287,7 +341,11 @@ class ScorePrior(nn.Module):
 
     # -- saving ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Configuration and weights as plain types and tensors (for ``sbiflow.save``)."""
+        """Configuration and weights as plain types and tensors (for ``sbiflow.save``).
+
+        Returns:
+            ``{"z_shape", "options", "weights"}``.
+        """
         self._check_fitted()
         return {
             "z_shape": list(self.z_shape),
@@ -303,7 +361,17 @@ class ScorePrior(nn.Module):
         embedding_net: Any = None,
         device: str = "cpu",
     ) -> ScorePrior:
-        """Rebuild a prior from :meth:`state` (``prior`` and ``embedding_net`` are unused)."""
+        """Rebuild a prior from :meth:`state`.
+
+        Args:
+            state: What :meth:`state` returned.
+            prior: Unused (the common signature of ``sbiflow.load``).
+            embedding_net: Unused.
+            device: Torch device of the rebuilt prior.
+
+        Returns:
+            The prior, in evaluation mode.
+        """
         options = dict(state["options"])
         options["channels"] = tuple(options["channels"])
         model = cls(tuple(state["z_shape"]), **options)
@@ -311,7 +379,11 @@ class ScorePrior(nn.Module):
         return model.to(device).eval()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write weights and configuration to ``path``; the same as ``sbiflow.save``."""
+        """Write weights and configuration to ``path``; the same as ``sbiflow.save``.
+
+        Args:
+            path: The file to write.
+        """
         from sbiflow.serialization import save
 
         save(self, path)
@@ -319,6 +391,13 @@ class ScorePrior(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> ScorePrior:
         """Load a prior written by :meth:`save` or ``sbiflow.save``.
+
+        Args:
+            path: The file.
+            device: Torch device of the loaded prior.
+
+        Returns:
+            The prior, in evaluation mode.
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.

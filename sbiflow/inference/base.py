@@ -271,7 +271,15 @@ class NeuralInference:
 
     # -- saving ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Weights, configuration and history as plain tensors and types (see ``sbiflow.save``)."""
+        """Weights, configuration and history as plain tensors and types (see ``sbiflow.save``).
+
+        Returns:
+            A dict of tensors, numbers, strings and lists, for ``torch.save`` and
+            ``torch.load(weights_only=True)``.
+
+        Raises:
+            NotFittedError: Before ``fit``.
+        """
         estimator = self._trained()
         return {
             "estimator_kind": self.estimator_kind,
@@ -296,7 +304,21 @@ class NeuralInference:
         embedding_net: nn.Module | None = None,
         device: str = "cpu",
     ) -> NeuralInference:
-        """Rebuild a trained object from :meth:`state` (used by ``sbiflow.load``)."""
+        """Rebuild a trained object from :meth:`state` (used by ``sbiflow.load``).
+
+        Args:
+            state: What :meth:`state` returned.
+            prior: The prior over θ, event shape ``(D,)`` (not saved with the weights).
+            embedding_net: A freshly built module of the same architecture, if the model was
+                trained with your own embedding network.
+            device: Torch device of the rebuilt model.
+
+        Returns:
+            The trained object.
+
+        Raises:
+            ValueError: The model used your own embedding network and none was given.
+        """
         config = dict(state["estimator_config"])
         a_shape, b_shape = tuple(config.pop("a_shape")), tuple(config.pop("b_shape"))
         config.pop("kind", None)

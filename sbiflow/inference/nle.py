@@ -171,7 +171,16 @@ class NLE(NeuralInference):
         return mcmc(self._target(x), self.prior, n, **options)
 
     def sample(self, n: int, x: Tensor, **options: Any) -> Tensor:
-        """Posterior samples ``(n, D)`` by emcee (see :meth:`mcmc` for the options)."""
+        """Posterior samples by emcee on the emulator likelihood.
+
+        Args:
+            n: Number of posterior samples.
+            x: One observation ``x_shape`` or iid trials ``(n_trials, *x_shape)``.
+            **options: Passed to :func:`sbiflow.samplers.mcmc` (see :meth:`mcmc`).
+
+        Returns:
+            Samples, shape ``(n, D)``.
+        """
         return self.mcmc(n, x, **options).samples
 
     def nested(self, x: Tensor, **options: Any) -> NestedResult:

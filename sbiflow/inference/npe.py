@@ -162,8 +162,18 @@ class NPE(NeuralInference):
     ) -> NPE:
         """Train on simulations; with ``calibration="auto"``, as an ensemble where needed.
 
-        Args and returns as :meth:`NeuralInference.fit`; ``self.calibration`` holds the
-        check of the estimator kept.
+        ``self.calibration`` holds the check of the estimator kept.
+
+        Args:
+            theta: Parameters, shape ``(N, D)``.
+            x: Simulations, shape ``(N, *x_shape)``.
+            seed: Seed for weights, split and batch order (``None``: fresh randomness).
+            progress: Show a progress bar.
+            **training_options: Fields of ``sbiflow.training.TrainingConfig``
+                (``batch_size``, ``learning_rate``, ``max_epochs``, ...).
+
+        Returns:
+            ``self``, trained; ``self.history`` holds the losses.
         """
         kind, options = self._requested
         adaptive = (
@@ -270,7 +280,11 @@ class NPE(NeuralInference):
         return check
 
     def state(self) -> dict[str, Any]:
-        """As :meth:`NeuralInference.state`, with the balance weight and the calibration check."""
+        """As :meth:`NeuralInference.state`, with the balance weight and the calibration check.
+
+        Returns:
+            A dict of tensors and plain types (see ``sbiflow.save``).
+        """
         state = super().state()
         state["balance"] = self.balance
         state["calibration"] = None if self.calibration is None else self.calibration.as_dict()
@@ -284,7 +298,17 @@ class NPE(NeuralInference):
         embedding_net: nn.Module | None = None,
         device: str = "cpu",
     ) -> NPE:
-        """Rebuild a trained NPE from :meth:`state` (files from before BNPE: ``balance=0``)."""
+        """Rebuild a trained NPE from :meth:`state` (files from before BNPE: ``balance=0``).
+
+        Args:
+            state: What :meth:`state` returned.
+            prior: The prior over θ, event shape ``(D,)``.
+            embedding_net: A freshly built module, if trained with your own embedding.
+            device: Torch device of the rebuilt model.
+
+        Returns:
+            The trained NPE, with its calibration check.
+        """
         obj = super().from_state(state, prior, embedding_net, device)
         assert isinstance(obj, NPE)
         obj.balance = float(state.get("balance", 0.0))
