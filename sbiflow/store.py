@@ -69,9 +69,20 @@ class SimulationStore:
     :func:`sbiflow.simulate` does that for you when given ``store=``.
 
     Example:
-        >>> store = SimulationStore.open("runs/gauss.zarr")  # doctest: +SKIP
-        >>> store.done.sum(), store.provenance["seed"]  # doctest: +SKIP
-        >>> theta, x, valid = store.read()  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> from sbiflow.simulate import simulate
+        >>> prior = torch.distributions.Independent(
+        ...     torch.distributions.Uniform(-torch.ones(2), torch.ones(2)), 1
+        ... )
+        >>> path = os.path.join(tempfile.mkdtemp(), "gauss.zarr")
+        >>> _ = simulate(lambda t: 2 * t, 30, prior=prior, chunk_size=10, store=path,
+        ...              progress=False)
+        >>> store = SimulationStore.open(path)
+        >>> int(store.done.sum()), store.provenance["seed"]
+        (3, 0)
+        >>> theta, x, valid = store.read()
+        >>> theta.shape, x.shape, bool(valid.all())
+        ((30, 2), (30, 2), True)
     """
 
     def __init__(self, group: zarr.Group, path: str | os.PathLike) -> None:
