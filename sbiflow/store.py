@@ -41,7 +41,7 @@ from torch import Tensor
 
 from sbiflow._version import __version__
 
-__all__ = ["SimulationStore", "load_store"]
+__all__ = ["SimulationStore", "load_store", "valid_rows"]
 
 FORMAT = "sbiflow.simulations/1"
 IDENTITY = (
@@ -245,7 +245,8 @@ class SimulationStore:
         """(n_chunks,) bool: which chunks are finished."""
         return self.group["done"][:]
 
-    def _rows(self, index: int) -> slice:
+    def chunk_rows(self, index: int) -> slice:
+        """The rows of chunk ``index``: a slice of the store's arrays."""
         chunk_size, n = self.group.attrs["chunk_size"], self.group.attrs["n"]
         return slice(index * chunk_size, min((index + 1) * chunk_size, n))
 
@@ -273,7 +274,7 @@ class SimulationStore:
                 f"Simulator output shape {x_shape} differs from {self.x_shape} in store "
                 f"{self.path!r}."
             )
-        rows = self._rows(index)
+        rows = self.chunk_rows(index)
         self.group["theta"][rows] = theta
         self.group["x"][rows] = x
         self.group["valid"][rows] = valid
@@ -281,7 +282,7 @@ class SimulationStore:
 
     def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Chunk ``index``'s rows: theta (B, D), x (B, *x_shape), valid (B,)."""
-        rows = self._rows(index)
+        rows = self.chunk_rows(index)
         return self.group["theta"][rows], self.group["x"][rows], self.group["valid"][rows]
 
     def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -315,6 +316,11 @@ def load_store(path: str | os.PathLike) -> tuple[Tensor, Tensor]:
     """
     theta, x, valid = SimulationStore.open(path).read()
     return torch.from_numpy(theta[valid]), torch.from_numpy(x[valid])
+
+
+def valid_rows(path: str | os.PathLike) -> int:
+    """How many valid simulations a store holds (reads only its ``valid`` mask)."""
+    return int(np.count_nonzero(SimulationStore.open(path).group["valid"][:]))
 
 
 def describe(value: Any, depth: int = 4) -> Any:

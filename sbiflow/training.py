@@ -1,4 +1,9 @@
-"""One training loop for every estimator: in-memory batches, validation, early stopping."""
+"""One training loop for every estimator: batches, validation, early stopping.
+
+The loop reads its data through a small protocol, :class:`TrainingData`: in-memory
+tensors (:class:`InMemoryData`, what :func:`train` uses) or chunks streamed from a
+simulation store (``sbiflow.streaming.StoreData``).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,23 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["TrainingConfig", "TrainingDivergedError", "TrainingHistory", "threads_for", "train"]
+__all__ = [
+    "InMemoryData",
+    "TrainingConfig",
+    "TrainingData",
+    "TrainingDivergedError",
+    "TrainingHistory",
+    "seeded_generator",
+    "threads_for",
+    "train",
+    "train_on",
+]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -155,6 +171,66 @@ def _adam(model: nn.Module, learning_rate: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=fused or None)
 
 
+class TrainingData(Protocol):
+    """Where the training loop takes its batches and its validation loss from.
+
+    The split into training and validation rows is made when the object is built, from the
+    generator it is given, and stays fixed.
+    """
+
+    #: Rows used for training (an epoch's batches cover them once).
+    num_train: int
+    #: Indices of the validation rows in the caller's data, where that means something.
+    validation_index: Tensor | None
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of shuffled training batches ``(a (B, *a_shape), b (B, *b_shape))``."""
+        ...
+
+    def validation_loss(self, model: nn.Module) -> float:
+        """Mean ``model.loss`` over the validation rows."""
+        ...
+
+
+class InMemoryData:
+    """Training data held as tensors: a random validation split, random-permutation batches.
+
+    Args:
+        a: Targets, shape ``(N, *a_shape)``.
+        b: Conditions, shape ``(N, *b_shape)``.
+        validation_fraction: Share of the rows held out for validation.
+        generator: Draws the split now and each epoch's permutation later.
+    """
+
+    def __init__(
+        self, a: Tensor, b: Tensor, validation_fraction: float, generator: torch.Generator
+    ) -> None:
+        n = a.shape[0]
+        n_val = max(1, int(round(validation_fraction * n)))
+        if n - n_val < 2:
+            raise ValueError(f"Too few samples to train: {n} (need at least a few dozen).")
+        order = torch.randperm(n, generator=generator)
+        self.validation_index: Tensor | None = order[:n_val].clone()
+        self.a_val, self.b_val = a[order[:n_val]], b[order[:n_val]]
+        self.a_train, self.b_train = a[order[n_val:]], b[order[n_val:]]
+        self.num_train = int(self.a_train.shape[0])
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of batches in a fresh random permutation (the last one may be smaller)."""
+        perm = torch.randperm(self.num_train, generator=generator)
+        for first in range(0, self.num_train, batch_size):
+            idx = perm[first : first + batch_size]
+            yield self.a_train[idx], self.b_train[idx]
+
+    def validation_loss(self, model: nn.Module) -> float:
+        """Mean loss over the validation rows, in chunks of 8,192."""
+        return _mean_loss(model, self.a_val, self.b_val)
+
+
 def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> TrainingHistory:
     """Fit ``model`` by minimizing ``model.loss(a, b).mean()`` with Adam.
 
@@ -175,24 +251,52 @@ def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tra
     Raises:
         TrainingDivergedError: If the loss becomes NaN/inf (best weights are restored first).
     """
+    generator = seeded_generator(config.seed)
+    return train_on(
+        model, InMemoryData(a, b, config.validation_fraction, generator), config, generator
+    )
+
+
+def train_on(
+    model: nn.Module,
+    data: TrainingData,
+    config: TrainingConfig,
+    generator: torch.Generator | None = None,
+) -> TrainingHistory:
+    """Fit ``model`` on any :class:`TrainingData` (in memory or streamed from a store).
+
+    Args:
+        model: Module with ``loss(a, b) -> (B,)``.
+        data: The batches and the validation loss.
+        config: Training options (``validation_fraction`` is the data's business).
+        generator: The generator that drew ``data``'s split; batches continue from it
+            (``None``: a fresh one seeded with ``config.seed``).
+
+    Returns:
+        The loss history; ``model`` holds the weights of the best validation epoch.
+
+    Raises:
+        TrainingDivergedError: If the loss becomes NaN/inf (best weights are restored first).
+    """
+    generator = generator if generator is not None else seeded_generator(config.seed)
     with _threads(model, config.num_threads), torch.enable_grad():
-        return _train(model, a, b, config)
+        return _train(model, data, config, generator)
 
 
-def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> TrainingHistory:
-    n = a.shape[0]
-    n_val = max(1, int(round(config.validation_fraction * n)))
-    if n - n_val < 2:
-        raise ValueError(f"Too few samples to train: {n} (need at least a few dozen).")
-    generator = torch.Generator().manual_seed(config.seed if config.seed is not None else 0)
-    if config.seed is None:
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """The generator of a training run's split and batch order (``None``: fresh entropy)."""
+    generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+    if seed is None:
         generator.seed()
-    order = torch.randperm(n, generator=generator)
-    history = TrainingHistory(validation_index=order[:n_val].clone())
-    a_val, b_val = a[order[:n_val]], b[order[:n_val]]
-    a_train, b_train = a[order[n_val:]], b[order[n_val:]]
-    n_train = a_train.shape[0]
-    batch_size = config.batch_size or int(min(512, max(200, n_train // 16)))
+    return generator
+
+
+def _train(
+    model: nn.Module, data: TrainingData, config: TrainingConfig, generator: torch.Generator
+) -> TrainingHistory:
+    history = TrainingHistory(validation_index=data.validation_index)
+    batch_size = config.batch_size or int(min(512, max(200, data.num_train // 16)))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     optimizer = _adam(model, config.learning_rate)
     best_val, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
@@ -203,11 +307,10 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
     bar = tqdm(desc="training", disable=not config.progress, unit="epoch", leave=False)
     for epoch in range(config.max_epochs):
         model.train()
-        perm = torch.randperm(n_train, generator=generator)
-        running = 0.0
-        for first in range(0, n_train, batch_size):
-            idx = perm[first : first + batch_size]
-            loss = model.loss(a_train[idx], b_train[idx]).mean()
+        running, seen = 0.0, 0
+        for a_batch, b_batch in data.batches(batch_size, generator):
+            a_batch, b_batch = a_batch.to(device), b_batch.to(device)
+            loss = model.loss(a_batch, b_batch).mean()
             if not torch.isfinite(loss):
                 model.load_state_dict(best_state)
                 raise TrainingDivergedError(
@@ -220,10 +323,11 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
             loss.backward()
             _clip_gradients(model, config.clip_max_norm)
             optimizer.step()
-            running += float(loss.detach()) * idx.shape[0]
+            running += float(loss.detach()) * a_batch.shape[0]
+            seen += a_batch.shape[0]
         model.eval()
         with torch.no_grad():
-            val = _mean_loss(model, a_val, b_val)
+            val = data.validation_loss(model)
         if not math.isfinite(val):
             model.load_state_dict(best_state)
             raise TrainingDivergedError(
@@ -231,7 +335,7 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
                 "best weights so far. Check the data for extreme values and lower the "
                 "learning rate."
             )
-        history.train_loss.append(running / n_train)
+        history.train_loss.append(running / max(seen, 1))
         history.val_loss.append(val)
         if val < best_val:
             best_val, since_best, history.best_epoch = val, 0, epoch
@@ -243,7 +347,7 @@ def _train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> Tr
         # The early-stopping state tells a person when the run will end: it stops (or decays
         # the learning rate, "decays left") once "since best" reaches the patience.
         bar.set_postfix(
-            train=f"{running / n_train:.3f}",
+            train=f"{running / max(seen, 1):.3f}",
             val=f"{val:.3f}",
             best=history.best_epoch,
             since_best=f"{since_best}/{patience}",

@@ -27,7 +27,7 @@ def _die_in_write(at: int) -> None:
 
     def torn_write(self, index, theta, x, valid):  # noqa: ANN001, ANN202
         if count[0] == at:
-            rows = self._rows(index)
+            rows = self.chunk_rows(index)
             half = len(theta) // 2
             self.group["theta"][rows] = theta + POISON
             self.group["x"][rows.start : rows.start + half] = x[:half] + POISON

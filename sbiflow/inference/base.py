@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from typing import Any
 
@@ -13,7 +14,14 @@ from torch.distributions import Distribution
 from sbiflow.embeddings import EMBEDDINGS, build_embedding, embedding_spec
 from sbiflow.estimators import ESTIMATORS, ConditionalEstimator, build_estimator
 from sbiflow.priors import in_support, prior_dim, validate_theta
-from sbiflow.training import TrainingConfig, TrainingHistory, train
+from sbiflow.streaming import StoreData
+from sbiflow.training import (
+    InMemoryData,
+    TrainingConfig,
+    TrainingHistory,
+    seeded_generator,
+    train_on,
+)
 
 __all__ = ["NeuralInference", "NotFittedError"]
 
@@ -122,16 +130,22 @@ class NeuralInference:
             )
         return theta, x
 
+    #: Rows read from a store to learn the standardization and choose an embedding.
+    STANDARDIZATION_ROWS = 50_000
+    #: Validation rows handed to the post-fit checks (:meth:`_after_fit`).
+    CHECK_ROWS = 2_000
+
     def fit(
         self,
-        theta: Tensor,
-        x: Tensor,
+        theta: Tensor | None = None,
+        x: Tensor | None = None,
         *,
+        store: str | os.PathLike | None = None,
         seed: int | None = 0,
         progress: bool = True,
         **training_options: Any,
     ) -> NeuralInference:
-        """Train the estimator on simulations.
+        """Train the estimator on simulations, in memory or streamed from a store.
 
         Rows holding NaN/inf are left out with a warning. The estimator learns its
         standardization from this data and keeps the weights of the best validation epoch.
@@ -139,6 +153,11 @@ class NeuralInference:
         Args:
             theta: Parameters, shape ``(N, D)``.
             x: Simulations, shape ``(N, *x_shape)``.
+            store: Instead of ``theta`` and ``x``: the path of a finished simulation store
+                (``sbiflow.simulate(..., store=path)``), streamed a few chunks at a time so
+                that memory does not grow with the store (see ``sbiflow.streaming``). The
+                validation split is made of whole chunks; standardization and the embedding
+                are learned from ``STANDARDIZATION_ROWS`` rows of random training chunks.
             seed: Seed for weights, split and batch order (``None``: fresh randomness).
             progress: Show a progress bar.
             **training_options: Any field of ``sbiflow.training.TrainingConfig``; they
@@ -152,14 +171,27 @@ class NeuralInference:
 
         Raises:
             TypeError: For an unknown training option.
+            ValueError: Neither or both of ``(theta, x)`` and ``store``.
         """
         TrainingConfig(seed=seed, progress=progress, **training_options)  # fail early on typos
-        theta, x = self._check_training_data(theta, x)
-        self.x_shape, self.num_simulations = tuple(x.shape[1:]), int(x.shape[0])
-        a, b = self._roles(theta, x)
+        _one_source(theta, x, store)
         with torch.random.fork_rng():
             if seed is not None:
                 torch.manual_seed(seed)
+            generator = seeded_generator(seed)
+            if store is None:
+                theta, x = self._check_training_data(theta, x)
+                self.num_simulations = int(x.shape[0])
+                sample = (theta, x)
+            else:
+                fraction = TrainingConfig(**training_options).validation_fraction
+                streamed = StoreData(store, self._roles, fraction, generator)
+                sample = self._check_training_data(
+                    *streamed.sample_rows(self.STANDARDIZATION_ROWS, generator)
+                )
+                self.num_simulations = streamed.num_rows
+            self.x_shape = tuple(sample[1].shape[1:])
+            a, b = self._roles(*sample)
             if self.auto_embedding:
                 self.embedding_net = self._default_embedding(b)
             elif self.embedding_spec is not None:
@@ -170,12 +202,23 @@ class NeuralInference:
             self.estimator.standardize_from(a, b)
             self._cache.clear()
             self.estimator.to(self.device)
+            module = self._training_module(self.estimator)
             # inside the seeded block: losses that draw noise (score, cVAE) repeat too
-            self.history = train(
-                self._training_module(self.estimator), a.to(self.device), b.to(self.device), config
-            )
+            if store is None:
+                data = InMemoryData(
+                    a.to(self.device), b.to(self.device), config.validation_fraction, generator
+                )
+                self.history = train_on(module, data, config, generator)
+                held_out = self.history.validation_index[: self.CHECK_ROWS]
+                checks = (theta[held_out], x[held_out])
+            else:
+                try:
+                    self.history = train_on(module, streamed, config, generator)
+                finally:
+                    streamed.close()
+                checks = streamed.rows(streamed.validation_chunks, self.CHECK_ROWS)
         self.estimator.eval()
-        self._after_fit(theta, x, progress)
+        self._after_fit(*checks, progress)
         return self
 
     def _training_module(self, estimator: ConditionalEstimator) -> nn.Module:
@@ -185,8 +228,8 @@ class NeuralInference:
     def _after_fit(self, theta: Tensor, x: Tensor, progress: bool) -> None:
         """Checks run on the trained estimator (NPE: calibration on the validation split).
 
-        ``theta``, ``x`` are the rows training used (NaN/inf rows already left out), so
-        ``self.history.validation_index`` indexes them.
+        ``theta`` ``(B, D)``, ``x`` ``(B, *x_shape)``: up to ``CHECK_ROWS`` validation rows,
+        never trained on (NaN/inf rows already left out).
         """
 
     def __repr__(self) -> str:
@@ -354,6 +397,14 @@ class NeuralInference:
             wall_time=float(history.get("wall_time", 0.0)),
         )
         return obj
+
+
+def _one_source(theta: Tensor | None, x: Tensor | None, store: object) -> None:
+    """Training data comes as ``(theta, x)`` or as ``store=``, not both, not neither."""
+    if store is None and (theta is None or x is None):
+        raise ValueError("fit needs simulations: fit(theta, x), or fit(store=path) for a store.")
+    if store is not None and (theta is not None or x is not None):
+        raise ValueError("Give either fit(theta, x) or fit(store=path), not both.")
 
 
 def _embedding_spec(embedding_net: object) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from sbiflow.inference.balanced import BalancedLoss, supports_balance
 from sbiflow.inference.base import NeuralInference
 from sbiflow.inference.calibration import CalibrationCheck, check_calibration
 from sbiflow.priors import in_support, validate_theta
+from sbiflow.store import valid_rows
 from sbiflow.training import threads_for
 
 __all__ = ["NPE", "PriorSupportError"]
@@ -153,9 +155,10 @@ class NPE(NeuralInference):
 
     def fit(
         self,
-        theta: Tensor,
-        x: Tensor,
+        theta: Tensor | None = None,
+        x: Tensor | None = None,
         *,
+        store: str | os.PathLike | None = None,
         seed: int | None = 0,
         progress: bool = True,
         **training_options: Any,
@@ -167,6 +170,8 @@ class NPE(NeuralInference):
         Args:
             theta: Parameters, shape ``(N, D)``.
             x: Simulations, shape ``(N, *x_shape)``.
+            store: Instead of ``theta`` and ``x``: a finished simulation store, streamed (as
+                in :meth:`NeuralInference.fit`).
             seed: Seed for weights, split and batch order (``None``: fresh randomness).
             progress: Show a progress bar.
             **training_options: Fields of ``sbiflow.training.TrainingConfig``
@@ -180,11 +185,15 @@ class NPE(NeuralInference):
             self.calibration_mode == "auto" and kind in ("nsf", "maf") and not self._user_module
         )
         self._use_estimator(kind, options)
-        # the rows training will keep (and the errors it would raise, before any training)
-        n_valid = int(self._check_training_data(theta, x, quiet=True)[0].shape[0])
+        data = {"theta": theta, "x": x, "store": store}
+        if store is None and theta is not None and x is not None:
+            # the rows training will keep (and the errors it would raise, before any training)
+            n_valid = int(self._check_training_data(theta, x, quiet=True)[0].shape[0])
+        else:
+            n_valid = valid_rows(store) if store is not None else 0
         if adaptive and n_valid < self.SMALL_BUDGET:
             self._use_ensemble(kind, options)
-        super().fit(theta, x, seed=seed, progress=progress, **training_options)
+        super().fit(**data, seed=seed, progress=progress, **training_options)
         if adaptive and self.estimator_kind == kind and self._short_of_nominal():
             assert self.calibration is not None
             if progress:
@@ -198,7 +207,7 @@ class NPE(NeuralInference):
                 )
             single = (self.estimator, self.history, self.calibration, self.embedding_net)
             self._use_ensemble(kind, options)
-            super().fit(theta, x, seed=seed, progress=progress, **training_options)
+            super().fit(**data, seed=seed, progress=progress, **training_options)
             if _worse(self.calibration, single[2]):
                 self.estimator, self.history, self.calibration, self.embedding_net = single
                 self._use_estimator(kind, options)
@@ -228,11 +237,9 @@ class NPE(NeuralInference):
 
     def _after_fit(self, theta: Tensor, x: Tensor, progress: bool) -> None:
         self.calibration = None
-        held_out = self.history.validation_index
-        if self.calibration_mode == "off" or held_out is None:
+        if self.calibration_mode == "off" or theta.shape[0] == 0:
             return
-        # theta, x are the checked rows training used, so the validation indices apply
-        rows = held_out[: self.CALIBRATION_SIMULATIONS]
+        rows = slice(0, self.CALIBRATION_SIMULATIONS)
         self.calibration = self.check_calibration(
             theta[rows], x[rows], source="validation simulations", warn=False
         )
