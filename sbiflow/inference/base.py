@@ -212,6 +212,7 @@ class NeuralInference:
                 held_out = self.history.validation_index[: self.CHECK_ROWS]
                 checks = (theta[held_out], x[held_out])
             else:
+                sample = a = b = None  # the standardization rows are not kept while streaming
                 try:
                     self.history = train_on(module, streamed, config, generator)
                 finally:

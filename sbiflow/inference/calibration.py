@@ -134,6 +134,7 @@ def hpd_levels(
     x: Tensor,
     num_samples: int = 256,
     max_rows: int = 65_536,
+    max_elements: int = 2**24,
 ) -> Tensor:
     """HPD level of each θ* under q(θ | x*), restricted to the prior's support.
 
@@ -144,12 +145,16 @@ def hpd_levels(
         x: Their simulations ``(B, *x_shape)``.
         num_samples: Posterior draws per pair.
         max_rows: Draws per batched pass.
+        max_elements: At most this many x elements per pass (64 MB of float32; 16,384 maps
+            of 32 x 32), so that a map-valued x and its embedding's activations stay small.
 
     Returns:
         ``(B,)``: the share of in-support draws denser than θ* (1 if none fell inside).
     """
     device = next(estimator.parameters()).device
-    per_pass = max(1, max_rows // num_samples)
+    x_elements = max(1, x[0].numel()) if x.shape[0] else 1
+    rows_per_pass = min(max_rows, max(num_samples, max_elements // x_elements))
+    per_pass = max(1, rows_per_pass // num_samples)
     levels = []
     for start in range(0, theta.shape[0], per_pass):
         t = theta[start : start + per_pass].to(device)
