@@ -77,6 +77,19 @@ VARIANTS = {
     "default": {},
     # one NSF trained with sbi's NPE training options (batch 200, Adam 5e-4, patience 20, no
     # learning-rate decay) instead of sbiflow's faster ones
+    # one factor of sbi's training options at a time (which one calibrates a single flow?)
+    "plain_nodecay": {"balance": 0.0, "calibration": "check", "_training": {"lr_decays": 0}},
+    "plain_lr5e-4": {
+        "balance": 0.0,
+        "calibration": "check",
+        "_training": {"learning_rate": 5e-4},
+    },
+    "plain_bs200": {"balance": 0.0, "calibration": "check", "_training": {"batch_size": 200}},
+    "plain_nominpat": {
+        "balance": 0.0,
+        "calibration": "check",
+        "_training": {"min_patience": None},
+    },
     "plain_sbi_training": {
         "balance": 0.0,
         "calibration": "check",
