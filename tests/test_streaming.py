@@ -139,3 +139,30 @@ def test_fit_takes_one_source(store):
         npe.fit()
     with pytest.raises(FileNotFoundError):
         npe.fit(store=store.parent / "absent.zarr")
+
+
+def test_simulating_into_a_store_without_keeping_it_in_memory(tmp_path):
+    sim = Gaussian(dim=2, noise=0.3)
+    path = tmp_path / "lean.zarr"
+    assert (
+        sbiflow.simulate(
+            sim, 1_000, seed=0, chunk_size=100, store=path, in_memory=False, progress=False
+        )
+        is None
+    )
+    theta, x = load_store(path)
+    expected = sbiflow.simulate(sim, 1_000, seed=0, chunk_size=100, progress=False)
+    assert torch.equal(theta, expected[0]) and torch.equal(x, expected[1])
+    with pytest.raises(ValueError, match="needs a store"):
+        sbiflow.simulate(sim, 10, in_memory=False)
+    nan_path = tmp_path / "nan.zarr"
+    with pytest.warns(RuntimeWarning, match="marked invalid"):
+        sbiflow.simulate(
+            NaNWhenPositive(),
+            400,
+            seed=0,
+            chunk_size=100,
+            store=nan_path,
+            in_memory=False,
+            progress=False,
+        )

@@ -53,7 +53,13 @@ def step_simulate(args) -> dict:
     sim = simulators.get("galaxy_field")
     start = time.perf_counter()
     sbiflow.simulate(
-        sim, args.n, seed=0, chunk_size=args.chunk_size, store=args.store, workers=args.workers
+        sim,
+        args.n,
+        seed=0,
+        chunk_size=args.chunk_size,
+        store=args.store,
+        workers=args.workers,
+        in_memory=False,  # written chunk by chunk, memory bounded
     )
     x_shape = SimulationStore.open(args.store).x_shape
     return {
@@ -71,7 +77,9 @@ def subset_store(args) -> str:
     path = str(Path(args.store).with_name(Path(args.store).stem + f"_first{args.subset}.zarr"))
     if not Path(path).exists():
         sim = simulators.get("galaxy_field")
-        sbiflow.simulate(sim, args.subset, seed=0, chunk_size=args.chunk_size, store=path)
+        sbiflow.simulate(
+            sim, args.subset, seed=0, chunk_size=args.chunk_size, store=path, in_memory=False
+        )
     return path
 
 
