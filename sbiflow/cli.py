@@ -11,55 +11,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from sbiflow.config import ConfigError, RunConfig, SimulatorSection, load_config
+from sbiflow.compare_run import compare
+from sbiflow.config import ConfigError, RunConfig, load_config
+from sbiflow.report import ReportError, write_report
+from sbiflow.resolve import observation, resolve, resolve_simulator
+from sbiflow.summary_text import comparison_text, run_text
 
 __all__ = ["compare", "main", "run", "simulate_only", "simulators_text"]
 
-
-def _resolve_simulator(config: RunConfig) -> Any:
-    """The simulator named in the config, through a plug-in lookup (sbiflow never imports it)."""
-    return _resolve(config.simulator, config.base_dir)
-
-
-def _resolve(section: SimulatorSection, base_dir: str, label: str = "simulator") -> Any:
-    """The simulator of one section (``[simulator]``, or one entry of ``[models]``)."""
-    try:
-        if section.factory:
-            module_name, _, attribute = section.factory.partition(":")
-            if not attribute:
-                raise ConfigError(
-                    f"{label}.factory must look like 'package.module:function', got "
-                    f"{section.factory!r}."
-                )
-            if base_dir not in sys.path:  # a factory module next to the config file
-                sys.path.insert(0, base_dir)
-            factory = getattr(importlib.import_module(module_name), attribute)
-            return factory(**section.options)
-        registry = importlib.import_module(section.module)
-        return registry.get(section.name, **section.options)
-    except (ImportError, AttributeError) as err:
-        where = "" if label == "simulator" else f" of {label}"
-        raise ConfigError(f"Cannot load the simulator{where}: {err}") from err
-    except (KeyError, ValueError, TypeError) as err:
-        name = "simulator" if label.startswith("models.") else "name"
-        raise ConfigError(f"{label}.{name} = {section.name!r}: {err}") from err
-
-
-def _observation(config: RunConfig, simulator: Any) -> torch.Tensor:
-    section = config.observation
-    if section.values:
-        return torch.as_tensor(section.values, dtype=torch.float32)
-    if not hasattr(simulator, "observation"):
-        raise ConfigError("This simulator ships no observations: give observation.values = [...].")
-    return torch.as_tensor(simulator.observation(section.index), dtype=torch.float32)
+#: The names under which tests and scripts have imported these helpers.
+_resolve, _resolve_simulator = resolve, resolve_simulator
 
 
 def _store_path(config: RunConfig) -> str | None:
@@ -134,7 +105,7 @@ def simulate_only(config: RunConfig) -> dict[str, Any]:
             "the scheduler to run on local processes."
         )
     os.makedirs(os.path.abspath(config.output.directory), exist_ok=True)
-    simulator = _resolve_simulator(config)
+    simulator = resolve_simulator(config)
     client = _connect(scheduler, config.base_dir) if scheduler else None
     started = time.perf_counter()
     try:
@@ -166,8 +137,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     "mcmc"``) or dynesty (``"nested"``), and with dynesty reports the evidence log Z.
     Outputs in ``config.output.directory``: ``posterior_samples.npz``, ``corner.png`` (over
     the simulator's reference posterior, in grey, where it has one), ``loss.png``,
-    ``model.pt``, ``summary.json`` and ``summary.txt``; with ``diagnostics.coverage_tests``,
-    also ``coverage.png`` and ``ranks.png``.
+    ``model.pt``, ``ppc.png`` (the simulator at ``PPC_DRAWS`` posterior draws against x_o),
+    ``summary.json``, ``summary.txt`` and ``report.html`` (all of it on one self-contained
+    page); with emcee, ``traces.png``; with dynesty, ``nested_run.png``; with
+    ``diagnostics.coverage_tests``, also ``coverage.png`` and ``ranks.png``.
 
     A configuration with ``[models]`` runs :func:`compare`.
 
@@ -182,8 +155,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     out = os.path.abspath(config.output.directory)  # relative to the working directory
     os.makedirs(out, exist_ok=True)
     progress = config.output.progress
-    simulator = _resolve_simulator(config)
-    x_o = _observation(config, simulator)
+    simulator = resolve_simulator(config)
+    x_o = observation(config, simulator)
     model = _model(config, simulator)  # a bad [estimator] fails here, before simulating
 
     started = time.perf_counter()
@@ -201,7 +174,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 
     model = _fit(config, model, theta, x, progress)
     trained = time.perf_counter()
-    samples, sampler_summary = _sample(config, model, x_o, progress)
+    samples, sampler_summary, sampler_results = _sample(config, model, x_o, progress)
     sampled = time.perf_counter()
 
     names = list(getattr(simulator, "names", [f"theta_{i + 1}" for i in range(samples.shape[1])]))
@@ -219,14 +192,16 @@ def run(config: RunConfig) -> dict[str, Any]:
         names=np.array(names),
     )
     sbiflow.save(model, os.path.join(out, "model.pt"))
-    corner_plot(
-        samples,
-        labels=labels,
-        truths=truth,
-        reference=reference,
-        path=os.path.join(out, "corner.png"),
+    _close(
+        corner_plot(
+            samples,
+            labels=labels,
+            truths=truth,
+            reference=reference,
+            path=os.path.join(out, "corner.png"),
+        ),
+        loss_plot(model.history, path=os.path.join(out, "loss.png")),
     )
-    loss_plot(model.history, path=os.path.join(out, "loss.png"))
 
     summary = {
         "simulator": config.simulator.name or config.simulator.factory,
@@ -256,6 +231,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     }
     if "evidence" in summary and hasattr(simulator, "log_evidence"):
         summary["evidence"]["log_z_exact"] = float(simulator.log_evidence(x_o))
+    _sampler_plots(sampler_results, labels, summary.get("evidence", {}).get("log_z_exact"), out)
+    summary["posterior_predictive"] = _predictive(
+        simulator, model, samples, x_o, config.sampling.seed, out
+    )
     if reference is not None and config.diagnostics.c2st:
         from sbiflow.diagnostics import c2st
 
@@ -270,8 +249,17 @@ def run(config: RunConfig) -> dict[str, Any]:
     with open(os.path.join(out, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     with open(os.path.join(out, "summary.txt"), "w") as handle:
-        handle.write(_summary_text(summary))
+        handle.write(run_text(summary))
+    write_report(out)
     return summary
+
+
+def _close(*figures: Any) -> None:
+    """Free saved figures: pyplot keeps every figure it made until it is closed."""
+    import matplotlib.pyplot as plt
+
+    for figure in figures:
+        plt.close(figure)
 
 
 def _model(config: RunConfig, simulator: Any) -> Any:
@@ -308,17 +296,24 @@ def _fit(config: RunConfig, model: Any, theta: torch.Tensor, x: torch.Tensor, pr
 
 def _sample(
     config: RunConfig, model: Any, x_o: torch.Tensor, progress: bool
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Posterior samples ``(n, D)`` and what the sampler reports (NLE: emcee, dynesty)."""
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """Posterior samples ``(n, D)``, what the sampler reports, and its results.
+
+    Returns:
+        The samples; the summary entries (``"mcmc"``, ``"evidence"``); the sampler's own
+        results for plots (``"mcmc"``: ``MCMCResult``, ``"nested"``: ``NestedResult``).
+        NPE samples directly: the last two are empty.
+    """
     n, seed = config.sampling.num_samples, config.sampling.seed
     if config.inference.method == "npe":
-        return model.sample(n, x=x_o, seed=seed), {}
+        return model.sample(n, x=x_o, seed=seed), {}, {}
     report: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     sampler = config.sampling.sampler or "mcmc"
     samples = None
     if sampler == "mcmc":
         chain = model.mcmc(n, x_o, seed=seed, progress=progress)
-        samples = chain.samples
+        samples, results["mcmc"] = chain.samples, chain
         report["mcmc"] = {
             "steps": int(chain.chain.shape[0]),
             "walkers": int(chain.chain.shape[1]),
@@ -330,6 +325,7 @@ def _sample(
         }
     if sampler == "nested" or config.sampling.evidence:
         result = model.nested(x_o, seed=seed, progress=progress, num_samples=n)
+        results["nested"] = result
         if samples is None:
             samples = result.samples
         report["evidence"] = {
@@ -337,7 +333,52 @@ def _sample(
             "log_z_err": result.log_evidence_err,
             "information_nats": result.information,
         }
-    return samples, report
+    return samples, report, results
+
+
+def _sampler_plots(
+    results: dict[str, Any], labels: list[str], log_z_exact: float | None, out: str
+) -> None:
+    """``traces.png`` of an emcee run, ``nested_run.png`` of a dynesty run."""
+    from sbiflow.plots import nested_run_plot, trace_plot
+
+    if "mcmc" in results:
+        chain = results["mcmc"]
+        path = os.path.join(out, "traces.png")
+        _close(trace_plot(chain.chain, labels=labels, burn_in=chain.burn_in, path=path))
+    if "nested" in results:
+        path = os.path.join(out, "nested_run.png")
+        _close(nested_run_plot(results["nested"].result, log_z_exact=log_z_exact, path=path))
+
+
+#: Posterior draws at which the posterior predictive check runs the simulator (ppc.png).
+PPC_DRAWS = 100
+
+
+def _predictive(
+    simulator: Any, model: Any, samples: torch.Tensor, x_o: torch.Tensor, seed: int, out: str
+) -> dict[str, Any]:
+    """Simulate at ``PPC_DRAWS`` posterior draws and plot them against x_o (``ppc.png``).
+
+    Returns:
+        ``{"draws", "p_value"}``, or ``{"skipped": why}`` when x_o holds several iid trials
+        (one simulation per draw is not comparable to them) or the check failed.
+    """
+    from sbiflow.diagnostics import posterior_predictive
+    from sbiflow.plots import predictive_plot
+
+    size = math.prod(model.x_shape)
+    if x_o.numel() != size:
+        return {"skipped": f"the observation holds {x_o.numel() // size} iid trials"}
+    try:
+        check = posterior_predictive(
+            samples, simulator, x_o.reshape(model.x_shape), num_draws=PPC_DRAWS, seed=seed
+        )
+    except (RuntimeError, ValueError) as err:  # e.g. simulations with NaN at some draws
+        warnings.warn(f"The posterior predictive check failed: {err}", stacklevel=2)
+        return {"skipped": f"failed: {err}"}
+    _close(predictive_plot(check, path=os.path.join(out, "ppc.png")))
+    return {"draws": int(check.simulated.shape[0]), "p_value": check.p_value}
 
 
 def _calibration(
@@ -362,285 +403,11 @@ def _calibration(
     )
     coverage = expected_coverage(npe, theta, x, progress=progress)
     ranks = sbc(npe, theta, x, progress=progress)
-    coverage_plot(coverage, path=os.path.join(out, "coverage.png"))
-    rank_plot(ranks, labels=labels, path=os.path.join(out, "ranks.png"))
+    _close(
+        coverage_plot(coverage, path=os.path.join(out, "coverage.png")),
+        rank_plot(ranks, labels=labels, path=os.path.join(out, "ranks.png")),
+    )
     return coverage.as_dict()
-
-
-def _summary_text(summary: dict[str, Any]) -> str:
-    seconds = summary["seconds"]
-    lines = [
-        f"sbiflow run: {summary['simulator']}, {summary['estimator']} "
-        + ("likelihood emulator" if summary["method"] == "nle" else "posterior"),
-        f"simulations: {summary['num_valid_simulations']} valid of {summary['num_simulations']}",
-        f"training: {summary['epochs']} epochs, best epoch {summary['best_epoch']}, "
-        f"validation loss {summary['best_validation_loss']:.4f}",
-        f"time: simulate {seconds['simulate']} s, train {seconds['train']} s, "
-        f"sample {seconds['sample']} s",
-    ]
-    if "c2st_vs_reference" in summary:
-        lines.append(
-            f"C2ST against the reference posterior: {summary['c2st_vs_reference']:.3f} "
-            "(0.5: indistinguishable)"
-        )
-    if "mcmc" in summary:
-        chain = summary["mcmc"]
-        tau = max(chain["autocorrelation_time"])
-        lines.append(
-            f"emcee: {chain['walkers']} walkers x {chain['steps']} steps, autocorrelation time "
-            f"{tau:.1f}, acceptance {chain['acceptance_fraction']:.2f}"
-            + ("" if chain["converged"] else " (NOT converged: see the warning)")
-        )
-    if "evidence" in summary:
-        evidence = summary["evidence"]
-        line = f"dynesty: log Z = {evidence['log_z']:.3f} ± {evidence['log_z_err']:.3f}"
-        if "log_z_exact" in evidence:
-            line += f" (exact: {evidence['log_z_exact']:.3f})"
-        lines.append(line)
-    if "calibration_check" in summary:
-        check = summary["calibration_check"]
-        lines.append(f"calibration check after training: {check['summary']}")
-        if not check["calibrated"]:
-            lines.append(
-                "  the posterior is overconfident: simulate more, or train an ensemble "
-                '(estimator kind = "ensemble") or with a larger balance'
-            )
-    if "coverage" in summary:
-        pairs = ", ".join(f"{level}: {value:.3f}" for level, value in summary["coverage"].items())
-        lines.append(f"expected coverage (level: measured): {pairs}")
-    lines += [
-        "",
-        f"{'parameter':<16}{'mean':>10}{'std':>10}{'5%':>10}{'95%':>10}{'true':>10}",
-    ]
-    for name, stats in summary["posterior"].items():
-        true = f"{stats['true']:>10.4f}" if "true" in stats else f"{'':>10}"
-        lines.append(
-            f"{name:<16}{stats['mean']:>10.4f}{stats['std']:>10.4f}{stats['q05']:>10.4f}"
-            f"{stats['q95']:>10.4f}{true}"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def compare(config: RunConfig) -> dict[str, Any]:
-    """Run a model comparison (a configuration with ``[models]``) and write its outputs.
-
-    Simulates ``comparison.n_per_model`` of each model, trains the classifier, and reports
-    for the observation the posterior model probabilities, the log Bayes factor of every
-    pair (with the ensemble's spread as its error when ``ensemble >= 2``) and the
-    misspecification check; measures the calibration on fresh simulations; with
-    ``comparison.crosscheck``, compares the Bayes factors with nested-sampling evidences.
-    Outputs in ``config.output.directory``: ``calibration.png``, ``loss.png``, ``model.pt``,
-    ``summary.json`` and ``summary.txt``.
-
-    Returns:
-        The summary (also written to ``summary.json``).
-    """
-    import sbiflow
-    from sbiflow.plots import loss_plot
-
-    out = os.path.abspath(config.output.directory)
-    os.makedirs(out, exist_ok=True)
-    progress, section = config.output.progress, config.comparison
-    simulators = {
-        name: _resolve(model, config.base_dir, f"models.{name}")
-        for name, model in config.models.items()
-    }
-    x_o = _comparison_observation(config, simulators)
-    _check_shapes(simulators, x_o, seed=config.simulation.seed)  # before any training
-    try:
-        mc = sbiflow.ModelComparison(
-            simulators,
-            prior_probs=section.prior_probs or None,
-            embedding_net=section.embedding_net,
-            loss=section.loss,
-            ensemble=section.ensemble,
-            bootstrap=section.bootstrap,
-            hidden_features=section.hidden_features,
-            num_layers=section.num_layers,
-        )
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"[comparison]: {err}") from err
-    training, seed, workers = config.training, config.simulation.seed, config.simulation.workers
-    started = time.perf_counter()
-    mc.fit(
-        section.n_per_model,
-        seed=seed,
-        workers=workers,
-        n_reference=section.n_reference,
-        progress=progress,
-        batch_size=training.batch_size or None,
-        learning_rate=training.learning_rate,
-        validation_fraction=training.validation_fraction,
-        stop_after_epochs=training.stop_after_epochs,
-        max_epochs=training.max_epochs,
-        clip_max_norm=training.clip_max_norm,
-    )
-    trained = time.perf_counter()
-    x_o = x_o.reshape(mc.x_shape)  # a leading batch dimension of 1 is accepted
-    probabilities = mc.probabilities(x_o)
-    misspecification = mc.misspecification(x_o)
-    calibration = mc.calibration(
-        section.calibration_simulations, seed=seed + 1, workers=workers, progress=progress
-    )
-    assert calibration.figure is not None
-    calibration.figure.savefig(os.path.join(out, "calibration.png"), dpi=150)
-    loss_plot(mc.history, path=os.path.join(out, "loss.png"))
-    sbiflow.save(mc, os.path.join(out, "model.pt"))
-    checked = time.perf_counter()
-
-    pairs = []
-    for i, b in enumerate(mc.names):
-        for a in mc.names[i + 1 :]:
-            if mc.ensemble >= 2:
-                log_k, err = mc.log_bayes_factor(x_o, a, b, return_std=True)
-            else:
-                log_k, err = mc.log_bayes_factor(x_o, a, b), None
-            pairs.append({"a": a, "b": b, "log_k": log_k, "err": err})
-    summary: dict[str, Any] = {
-        "models": {
-            name: {"simulator": model.name or model.factory, **model.options}
-            for name, model in config.models.items()
-        },
-        "observation": _observation_label(config, mc.names),
-        "n_per_model": section.n_per_model,
-        "loss": section.loss,
-        "ensemble": section.ensemble,
-        "epochs": len(mc.history.train_loss),
-        "best_epoch": mc.history.best_epoch,
-        "best_validation_loss": min(mc.history.val_loss),
-        "prior_probs": {n: float(p) for n, p in zip(mc.names, mc.prior_probs, strict=True)},
-        "probabilities": probabilities,
-        "log_bayes_factors": pairs,
-        "misspecification": {
-            "score": misspecification.score,
-            "p_value": misspecification.p_value,
-            "p_values": misspecification.p_values,
-            "flagged_at_0.05": bool(misspecification.flagged(0.05)),
-        },
-        "calibration": {
-            "simulations_per_model": section.calibration_simulations,
-            "ece": calibration.ece,
-            "accuracy": calibration.accuracy,
-        },
-        "seconds": {
-            "simulate_and_train": round(trained - started, 2),
-            "calibrate": round(checked - trained, 2),
-        },
-    }
-    if section.crosscheck:
-        check = mc.evidence_crosscheck(
-            x_o,
-            section.crosscheck_simulations,
-            emulator=section.crosscheck_emulator,
-            exact=section.crosscheck_exact,
-            nested_options={"nlive": section.crosscheck_nlive},
-            seed=seed,
-            workers=workers,
-            progress=progress,
-        )
-        summary["crosscheck"] = check.as_dict()
-        summary["seconds"]["crosscheck"] = round(time.perf_counter() - checked, 2)
-    with open(os.path.join(out, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    with open(os.path.join(out, "summary.txt"), "w") as handle:
-        handle.write(_comparison_text(summary))
-    return summary
-
-
-def _comparison_observation(config: RunConfig, simulators: dict[str, Any]) -> torch.Tensor:
-    """The observation of a comparison: ``values``, or observation ``index`` of one model."""
-    section = config.observation
-    if section.values:
-        return torch.as_tensor(section.values, dtype=torch.float32)
-    name = section.model or next(iter(simulators))
-    if not hasattr(simulators[name], "observation"):
-        raise ConfigError(
-            f"The simulator of model {name!r} ships no observations: give "
-            "observation.values = [...] or observation.model = <a model that has them>."
-        )
-    return torch.as_tensor(simulators[name].observation(section.index), dtype=torch.float32)
-
-
-def _check_shapes(simulators: dict[str, Any], x_o: torch.Tensor, seed: int) -> None:
-    """One simulation per model: every model and the observation must share x's shape."""
-    shapes = {}
-    for name, sim in simulators.items():
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            theta = sim.prior.sample((1,))
-        x = torch.as_tensor(sim.simulate(theta, np.random.default_rng(seed)))
-        shapes[name] = tuple(x.shape[1:])
-    if len(set(shapes.values())) > 1:
-        raise ConfigError(
-            f"[models]: the models' simulations differ in shape: {shapes}; model comparison "
-            "needs every model to produce x of the same shape."
-        )
-    x_shape = next(iter(shapes.values()))
-    if tuple(x_o.shape) not in (x_shape, (1, *x_shape)):
-        raise ConfigError(
-            f"[observation]: the observation has shape {tuple(x_o.shape)}; the models "
-            f"simulate x shaped {x_shape}."
-        )
-    if not bool(torch.isfinite(x_o).all()):
-        from sbiflow.inference.base import nonfinite_where
-
-        raise ConfigError(
-            f"[observation]: the observation holds NaN or inf {nonfinite_where(x_o)}."
-        )
-
-
-def _observation_label(config: RunConfig, names: list[str]) -> str:
-    section = config.observation
-    if section.values:
-        return "observation.values"
-    return f"observation {section.index} of model {section.model or names[0]!r}"
-
-
-def _comparison_text(summary: dict[str, Any]) -> str:
-    models = ", ".join(f"{n} ({m['simulator']})" for n, m in summary["models"].items())
-    seconds = ", ".join(f"{k} {v} s" for k, v in summary["seconds"].items())
-    lines = [
-        f"sbiflow compare: {models}",
-        f"classifier: {summary['loss']}, ensemble {summary['ensemble']}, "
-        f"{summary['n_per_model']} simulations per model, {summary['epochs']} epochs, "
-        f"validation loss {summary['best_validation_loss']:.4f}",
-        f"time: {seconds}",
-        f"data: {summary['observation']}",
-        "",
-        "posterior model probabilities (prior: "
-        + ", ".join(f"{n} {p:.3g}" for n, p in summary["prior_probs"].items())
-        + ")",
-    ]
-    lines += [f"  {name:<16}{p:.4f}" for name, p in summary["probabilities"].items()]
-    lines.append("log Bayes factors")
-    for pair in summary["log_bayes_factors"]:
-        err = "" if pair["err"] is None else f" ± {pair['err']:.3f} (ensemble spread)"
-        lines.append(f"  log K({pair['a']} / {pair['b']}) = {pair['log_k']:.3f}{err}")
-    miss = summary["misspecification"]
-    lines.append(
-        f"misspecification: p-value {miss['p_value']:.3g}, score {miss['score']:.2f} "
-        + (
-            "-> FLAGGED: the data look like none of the models"
-            if miss["flagged_at_0.05"]
-            else "(typical of at least one model at the 5% level)"
-        )
-    )
-    cal = summary["calibration"]
-    lines.append(
-        f"calibration on {cal['simulations_per_model']} fresh simulations per model: accuracy "
-        f"{cal['accuracy']:.3f}, ECE " + ", ".join(f"{n} {e:.3f}" for n, e in cal["ece"].items())
-    )
-    if "crosscheck" in summary:
-        lines.append("nested-sampling cross-check (log K, error)")
-        for pair in summary["crosscheck"]["log_bayes_factors"]:
-            parts = [
-                f"{s} {pair[s]['log_k']:.3f} ± {pair[s]['err']:.3f}"
-                for s in ("closed_form", "exact", "emulator")
-                if s in pair
-            ]
-            tension = "" if pair["tension"] is None else f"; tension {pair['tension']:.1f} sigma"
-            lines.append(f"  {pair['a']} / {pair['b']}: " + ", ".join(parts) + tension)
-    return "\n".join(lines) + "\n"
 
 
 def simulators_text(module: str = "simulators") -> str:
@@ -684,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         "simulators", help="list the registered simulators with their parameters and x shapes"
     )
     listing.add_argument("--module", default="simulators", help="registry module")
+    report = commands.add_parser(
+        "report", help="rebuild report.html of a run folder from its summary.json and PNGs"
+    )
+    report.add_argument("run_dir", help="an output folder of sbiflow run or sbiflow compare")
     for command, text in (
         ("run", "run a TOML configuration end to end"),
         ("compare", "run a model comparison: a TOML configuration with a [models] section"),
@@ -708,6 +479,14 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"sbiflow: {err}", file=sys.stderr)
             return 2
+        return 0
+    if args.command == "report":
+        try:
+            path = write_report(args.run_dir)
+        except ReportError as err:
+            print(f"sbiflow: {err}", file=sys.stderr)
+            return 2
+        print(f"Report written to {path}")
         return 0
     try:
         config = load_config(args.config)
@@ -734,12 +513,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         summary = run(config)
-        summary_text = _comparison_text(summary) if config.models else _summary_text(summary)
+        summary_text = comparison_text(summary) if config.models else run_text(summary)
     except ConfigError as err:
         print(f"sbiflow: configuration error: {err}", file=sys.stderr)
         return 2
     print(summary_text)
-    print(f"Results written to {os.path.abspath(config.output.directory)}")
+    out = os.path.abspath(config.output.directory)
+    print(f"Results written to {out} (open {os.path.join(out, 'report.html')})")
     return 0
 
 

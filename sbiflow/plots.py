@@ -17,7 +17,15 @@ from torch import Tensor  # noqa: E402
 from sbiflow.diagnostics import CoverageResult, PredictiveCheck, SBCResult  # noqa: E402
 from sbiflow.training import TrainingHistory  # noqa: E402
 
-__all__ = ["corner_plot", "coverage_plot", "loss_plot", "predictive_plot", "rank_plot"]
+__all__ = [
+    "corner_plot",
+    "coverage_plot",
+    "loss_plot",
+    "nested_run_plot",
+    "predictive_plot",
+    "rank_plot",
+    "trace_plot",
+]
 
 
 def corner_plot(
@@ -225,4 +233,63 @@ def predictive_plot(
     axis.set_ylabel("x")
     axis.set_title(f"predictive p-value {check.p_value:.2f}")
     axis.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def trace_plot(
+    chain: np.ndarray,
+    labels: Sequence[str] | None = None,
+    burn_in: int = 0,
+    max_walkers: int = 32,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """MCMC walker traces, one panel per parameter, with the burn-in shaded.
+
+    Args:
+        chain: The full chain, burn-in included, shape ``(steps, walkers, D)`` (emcee's
+            ``get_chain()``; ``MCMCResult.chain``).
+        labels: Parameter labels, length ``D``.
+        burn_in: Steps discarded at the start of every walker.
+        max_walkers: Draw at most this many walkers (the first ones), to keep traces legible.
+        path: If given, the figure is saved there.
+
+    Returns:
+        The matplotlib figure.
+    """
+    chain = np.asarray(chain)
+    steps, walkers, dim = chain.shape
+    figure, axes = plt.subplots(dim, 1, figsize=(7, 1.5 * dim + 0.7), sharex=True, squeeze=False)
+    for d, axis in enumerate(axes[:, 0]):
+        axis.plot(chain[:, :max_walkers, d], color="C0", alpha=0.25, lw=0.6)  # (steps, W)
+        if burn_in > 0:
+            axis.axvspan(0, burn_in, color="0.88", zorder=0)
+        axis.set_ylabel(labels[d] if labels else f"parameter {d + 1}")
+    axes[-1, 0].set_xlabel("step")
+    shown = min(walkers, max_walkers)
+    axes[0, 0].set_title(
+        f"{shown} of {walkers} walkers, {steps} steps (grey: burn-in, {burn_in} steps)",
+        fontsize=9,
+    )
+    return _save(figure, path)
+
+
+def nested_run_plot(
+    results: object, log_z_exact: float | None = None, path: str | os.PathLike | None = None
+) -> Figure:
+    """The run plot of nested sampling: live points, likelihood, weights and evidence.
+
+    A thin wrapper of ``dynesty.plotting.runplot``, against -ln X (the prior volume).
+
+    Args:
+        results: dynesty's ``Results`` (``NestedResult.result``).
+        log_z_exact: The exact log evidence, drawn as a line on the evidence panel.
+        path: If given, the figure is saved there.
+
+    Returns:
+        The matplotlib figure.
+    """
+    from dynesty import plotting
+
+    figure, _ = plotting.runplot(results, lnz_truth=log_z_exact)
+    figure.set_size_inches(7, 7)
     return _save(figure, path)
