@@ -52,6 +52,12 @@ directory = "{out}"
 progress = false
 """
 
+# A tiny run on purpose: few SBC tests and a flow that may be overconfident are expected.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*SBC:UserWarning"),
+    pytest.mark.filterwarnings("ignore::sbiflow.inference.calibration.CalibrationWarning"),
+]
+
 #: Figures of an NPE run with coverage tests: corner, coverage, ranks, ppc, loss.
 RUN_FIGURES = 5
 
