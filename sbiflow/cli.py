@@ -25,6 +25,7 @@ from sbiflow.compare_run import compare
 from sbiflow.config import ConfigError, RunConfig, load_config
 from sbiflow.report import ReportError, write_report
 from sbiflow.resolve import observation, resolve, resolve_simulator
+from sbiflow.store import valid_rows
 from sbiflow.summary_text import comparison_text, run_text
 
 __all__ = ["compare", "main", "run", "simulate_only", "simulators_text"]
@@ -84,8 +85,6 @@ def simulate_only(config: RunConfig) -> dict[str, Any]:
     Returns:
         ``{"store", "num_simulations", "seconds", "scheduler"}``.
     """
-    import sbiflow
-
     store = _store_path(config)
     if store is None:
         raise ConfigError(
@@ -105,11 +104,26 @@ def simulate_only(config: RunConfig) -> dict[str, Any]:
             "the scheduler to run on local processes."
         )
     os.makedirs(os.path.abspath(config.output.directory), exist_ok=True)
-    simulator = resolve_simulator(config)
-    client = _connect(scheduler, config.base_dir) if scheduler else None
     started = time.perf_counter()
+    _simulate(config, resolve_simulator(config), store, in_memory=False)
+    return {
+        "store": store,
+        "num_simulations": valid_rows(store),
+        "seconds": time.perf_counter() - started,
+        "scheduler": scheduler or None,
+    }
+
+
+def _simulate(
+    config: RunConfig, simulator: Any, store: str | None, in_memory: bool
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Run (or resume) the configured simulations, on ``[simulation] scheduler`` if set."""
+    import sbiflow
+
+    scheduler = config.simulation.scheduler
+    client = _connect(scheduler, config.base_dir) if scheduler else None
     try:
-        theta, _ = sbiflow.simulate(
+        return sbiflow.simulate(
             simulator,
             config.simulation.num_simulations,
             seed=config.simulation.seed,
@@ -118,16 +132,11 @@ def simulate_only(config: RunConfig) -> dict[str, Any]:
             store=store,
             client=client,
             progress=config.output.progress,
+            in_memory=in_memory,
         )
     finally:
         if client is not None:
             client.close()
-    return {
-        "store": store,
-        "num_simulations": int(theta.shape[0]),
-        "seconds": time.perf_counter() - started,
-        "scheduler": scheduler or None,
-    }
 
 
 def run(config: RunConfig) -> dict[str, Any]:
@@ -161,18 +170,11 @@ def run(config: RunConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     store = _store_path(config)
-    theta, x = sbiflow.simulate(
-        simulator,
-        config.simulation.num_simulations,
-        seed=config.simulation.seed,
-        workers=config.simulation.workers,
-        chunk_size=config.simulation.chunk_size,
-        store=store,
-        progress=progress,
-    )
+    stream = config.training.stream
+    simulated_data = _simulate(config, simulator, store, in_memory=not stream)
     simulated = time.perf_counter()
 
-    model = _fit(config, model, theta, x, progress)
+    model = _fit(config, model, simulated_data, store, progress)
     trained = time.perf_counter()
     samples, sampler_summary, sampler_results = _sample(config, model, x_o, progress)
     sampled = time.perf_counter()
@@ -206,7 +208,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     summary = {
         "simulator": config.simulator.name or config.simulator.factory,
         "num_simulations": config.simulation.num_simulations,
-        "num_valid_simulations": int(theta.shape[0]),
+        "num_valid_simulations": int(model.num_simulations),
         "method": config.inference.method,
         "estimator": model.estimator_kind,
         "epochs": len(model.history.train_loss),
@@ -277,12 +279,18 @@ def _model(config: RunConfig, simulator: Any) -> Any:
         raise ConfigError(f"[estimator]: {err}") from err
 
 
-def _fit(config: RunConfig, model: Any, theta: torch.Tensor, x: torch.Tensor, progress: bool):
-    """Train ``model`` on ``(θ, x)`` with the configured training options."""
+def _fit(
+    config: RunConfig,
+    model: Any,
+    data: tuple[torch.Tensor, torch.Tensor] | None,
+    store: str | None,
+    progress: bool,
+):
+    """Train ``model`` on ``data = (θ, x)``, or by streaming ``store`` when ``data`` is None."""
     training = config.training
+    source = {"store": store} if data is None else {"theta": data[0], "x": data[1]}
     return model.fit(
-        theta,
-        x,
+        **source,
         batch_size=training.batch_size or None,
         learning_rate=training.learning_rate,
         validation_fraction=training.validation_fraction,

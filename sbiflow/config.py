@@ -83,9 +83,10 @@ class SimulatorSection:
 class SimulationSection:
     """How many simulations, how seeded, where run and stored.
 
-    ``scheduler`` runs the chunks on a Dask cluster (``sbiflow simulate``): the scheduler's
-    address ``"tcp://host:port"``, or the JSON file its ``--scheduler-file`` wrote (relative
-    to the configuration file). ``workers`` then stays 1: the cluster's workers run them.
+    ``scheduler`` runs the chunks on a Dask cluster (``sbiflow simulate`` and ``run``): the
+    scheduler's address ``"tcp://host:port"``, or the JSON file its ``--scheduler-file``
+    wrote (relative to the configuration file). ``workers`` then stays 1: the cluster's
+    workers run them.
     """
 
     num_simulations: int = _key(10_000, "Simulations to run (at least 10).")
@@ -101,8 +102,9 @@ class SimulationSection:
     )
     scheduler: str = _key(
         "",
-        'A Dask scheduler for `sbiflow simulate`: its address `"tcp://host:port"` or the '
-        "`.json` file its `--scheduler-file` wrote (relative to the configuration file).",
+        "A Dask scheduler for `sbiflow simulate` and `sbiflow run`: its address "
+        '`"tcp://host:port"` or the `.json` file its `--scheduler-file` wrote (relative to '
+        "the configuration file).",
     )
 
 
@@ -158,6 +160,11 @@ class TrainingSection:
     max_epochs: int = _key(TrainingConfig.max_epochs, "Hard limit on epochs.")
     clip_max_norm: float = _key(5.0, "Gradient norm clipping.")
     seed: int = _key(0, "Seed of the validation split, the initialization and the batch order.")
+    stream: bool = _key(
+        False,
+        "Train by streaming `simulation.store` a few chunks at a time (memory bounded "
+        "whatever the number of simulations) instead of loading it; needs a store.",
+    )
 
 
 @dataclass
@@ -441,6 +448,11 @@ def _check_comparison(config: RunConfig, raw: dict[str, Any], path: str) -> None
         fail("training.learning_rate must be positive.")
     if not 0 < config.training.validation_fraction < 1:
         fail("training.validation_fraction must lie in (0, 1).")
+    if config.training.stream:
+        fail(
+            "training.stream does not apply to a model comparison: its classifier trains on "
+            "the models' simulations in memory."
+        )
     if config.observation.model and config.observation.model not in names:
         fail(
             f"observation.model must be one of the models {names}, got "
@@ -497,6 +509,11 @@ def _check_values(config: RunConfig, path: str) -> None:
         fail("training.learning_rate must be positive.")
     if not 0 < config.training.validation_fraction < 1:
         fail("training.validation_fraction must lie in (0, 1).")
+    if config.training.stream and not config.simulation.store:
+        fail(
+            "training.stream = true streams the simulation store: set simulation.store = "
+            "'simulations.zarr' (or remove training.stream to train in memory)."
+        )
     method = config.inference.method
     if method not in METHODS:
         fail(f"inference.method must be one of {list(METHODS)}, got {method!r}.")

@@ -131,3 +131,28 @@ def sbiflow_sim():  # noqa: ANN201
     import simulators
 
     return simulators.get("two_moons")
+
+
+def test_run_simulates_on_the_scheduler_and_streams_the_store(
+    tmp_path: Path,
+    cluster: LoopbackCluster,
+    capsys,  # noqa: ANN001
+) -> None:
+    extra = f'scheduler = "{cluster.address}"\n\n[training]\nstream = true\nmax_epochs = 3'
+    path = config(tmp_path, extra, name="stream.toml")
+    assert main(["run", str(path)]) == 0
+    assert chunks_run_on(cluster.address) == 8  # every chunk ran on the cluster
+    summary = (tmp_path / "stream" / "summary.txt").read_text()
+    assert "2000 valid of 2000" in summary and "3 epochs" in summary
+    theta, _ = sbiflow.load_store(tmp_path / "stream" / "sims.zarr")
+    assert theta.shape == (2000, 2)
+
+
+def test_stream_needs_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "nostore.toml"
+    path.write_text(
+        RUN.format(extra="", out=tmp_path / "nostore").replace('store = "sims.zarr"', "")
+        + "\n[training]\nstream = true\n"
+    )
+    with pytest.raises(ConfigError, match="training.stream = true streams the simulation store"):
+        load_config(path)
