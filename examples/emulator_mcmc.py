@@ -56,7 +56,7 @@ DOCS_FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 # full: 50,000 simulations (~25 s to simulate on one core) and a MAF fitted to convergence
 FULL = {
     "num_simulations": 50_000,
-    "max_epochs": None,
+    "max_epochs": 10_000,  # training's own limit: early stopping decides
     "num_samples": 10_000,
     "max_steps": 10_000,
     "nlive": 500,

@@ -55,7 +55,7 @@ NAME = "posterior_in_analysis"
 DOCS_FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 FULL = {
     "num_simulations": 10_000,
-    "max_epochs": None,
+    "max_epochs": 10_000,  # training's own limit: early stopping decides
     "calibration": "check",
     "num_samples": 1_000,
     "num_coverage": 300,
