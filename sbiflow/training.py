@@ -87,8 +87,18 @@ class TrainingConfig:
             raise ValueError("batch_size must be a positive integer.")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be positive.")
-        if self.stop_after_epochs < 1 or self.max_epochs < 1:
-            raise ValueError("stop_after_epochs and max_epochs must be at least 1.")
+        for name in ("stop_after_epochs", "max_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{name} must be a positive int, got {value!r}"
+                    + (
+                        " (early stopping ends training; for no other limit leave max_epochs "
+                        "at its default, 10,000)."
+                        if value is None
+                        else "."
+                    )
+                )
 
 
 @dataclass

@@ -80,3 +80,11 @@ def test_bad_options_are_refused():
         TrainingConfig(batch_size=0)
     with pytest.raises(ValueError, match="Too few samples"):
         train(Quadratic(), torch.zeros(2, 1), torch.zeros(2, 1), TrainingConfig(progress=False))
+
+
+@pytest.mark.parametrize("value", [None, 0, 2.5, True])
+def test_epoch_limits_must_be_positive_ints(value):
+    with pytest.raises(ValueError, match="max_epochs must be a positive int"):
+        TrainingConfig(max_epochs=value)
+    with pytest.raises(ValueError, match="stop_after_epochs must be a positive int"):
+        TrainingConfig(stop_after_epochs=value)
