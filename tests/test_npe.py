@@ -26,6 +26,9 @@ def moment_errors(samples: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
 # that posteriors wrong by about these amounts fail.
 MEAN_TOL, LOG_STD_TOL, C2ST_TOL, LOG_PROB_TOL = 0.3, math.log(1.25), 0.60, 1.5
 C2ST_SAMPLES = 2_000  # per set: the 10-d classifier of sbibm's C2ST is slow on 2 x 4,000
+# The negative control's shifted posterior is far from the threshold (C2ST ~0.8 against
+# 0.6): half the samples show it, in half the time.
+NEGATIVE_C2ST_SAMPLES = 1_000
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def test_negative_controls_fail_the_same_checks(gaussian_linear_npe):
     shifted = exact + 0.4 * std
     assert moment_errors(too_narrow, mean, std)[1] > LOG_STD_TOL
     assert moment_errors(shifted, mean, std)[0] > MEAN_TOL
-    assert c2st(reference[:C2ST_SAMPLES], shifted[:C2ST_SAMPLES]) > C2ST_TOL
+    assert c2st(reference[:NEGATIVE_C2ST_SAMPLES], shifted[:NEGATIVE_C2ST_SAMPLES]) > C2ST_TOL
 
 
 def test_log_prob_matches_analytic_density(gaussian_linear_npe):
