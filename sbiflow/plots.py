@@ -182,7 +182,8 @@ def rank_plot(
     ranks = result.ranks.numpy()
     n, dim = ranks.shape
     low, high = stats.binom.ppf([0.005, 0.995], n, 1.0 / bins)
-    figure, axes = plt.subplots(1, dim, figsize=(2.6 * dim, 2.4), squeeze=False)
+    # at least 7 inches wide, so the two-line title fits over one or two panels
+    figure, axes = plt.subplots(1, dim, figsize=(max(2.6 * dim, 7.0), 2.6), squeeze=False)
     for d, axis in enumerate(axes[0]):
         axis.axhspan(low, high, color="0.85")
         axis.axhline(n / bins, color="0.4", lw=1)
@@ -192,7 +193,7 @@ def rank_plot(
         if d == 0:
             axis.set_ylabel("simulations")
     figure.suptitle(
-        f"SBC ranks among {result.num_posterior_samples} posterior samples, {n} simulations "
+        f"SBC ranks among {result.num_posterior_samples} posterior samples, {n} simulations\n"
         "(grey: 99% band of uniform ranks)",
         fontsize=9,
     )
