@@ -385,6 +385,7 @@ def sbc_pvalues(n_grid, n_data, posterior_cls, num_samples=96, **mcmc):
     return [stats.kstest(u[:, j], "uniform").pvalue for j in range(2)]
 
 
+@pytest.mark.slow  # 20 s; the collider's exact-likelihood SBC stays in the default run
 def test_sbc_small_grid():
     mcmc = {"num_walkers": 32, "burn_in": 150, "thin": 10}
     assert min(sbc_pvalues(8, 100, GalaxyField, **mcmc)) > 0.01
