@@ -177,17 +177,7 @@ def simulate(
         assert db is not None
         if not pending:
             db.finish(first_error=db.provenance.get("first_error") or next(iter(errors), None))
-        n_invalid = n - valid_rows(store)
-        cause = f" First error: {errors[0]}" if errors else ""
-        if n_invalid == n:
-            raise RuntimeError(f"All {n} simulations returned NaN/inf or raised.{cause}")
-        if n_invalid:
-            warnings.warn(
-                f"{n_invalid} of {n} simulations returned NaN/inf or raised (kept, marked "
-                f"invalid, in the store; training leaves them out).{cause}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        _report_invalid(n - valid_rows(store), n, next(iter(errors), None), stacklevel=3)
         return None
     ordered = [chunks[i] for i in range(n_chunks)]
     if db is not None and not pending:
@@ -516,11 +506,12 @@ def _run_chunk_remote(
         return e
 
 
-def _assemble(chunks: list[_Chunk], n: int) -> tuple[Tensor, Tensor]:
-    """Concatenate chunks in order, drop invalid rows, warn once about them."""
-    valid = np.concatenate([c.valid for c in chunks])
-    n_invalid = int((~valid).sum())
-    error = next((c.error for c in chunks if c.error), None)
+def _report_invalid(n_invalid: int, n: int, error: str | None, stacklevel: int = 3) -> None:
+    """Raise when every simulation failed; warn once, with the first error, when some did.
+
+    ``stacklevel`` is ``warnings.warn``'s, counted from here: 3 points at whoever called
+    ``simulate`` when ``simulate`` calls this directly, 4 through ``_assemble``.
+    """
     cause = f" First error: {error}" if error else ""
     if n_invalid == n:
         raise RuntimeError(f"All {n} simulations returned NaN/inf or raised.{cause}")
@@ -529,8 +520,15 @@ def _assemble(chunks: list[_Chunk], n: int) -> tuple[Tensor, Tensor]:
             f"{n_invalid} of {n} simulations returned NaN/inf or raised and were dropped "
             f"(kept, marked invalid, in the store).{cause}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
+
+
+def _assemble(chunks: list[_Chunk], n: int) -> tuple[Tensor, Tensor]:
+    """Concatenate chunks in order, drop invalid rows, warn once about them."""
+    valid = np.concatenate([c.valid for c in chunks])
+    error = next((c.error for c in chunks if c.error), None)
+    _report_invalid(int((~valid).sum()), n, error, stacklevel=4)
     theta = np.concatenate([c.theta for c in chunks])[valid]
     x = np.concatenate([c.x for c in chunks])[valid]
     return torch.from_numpy(theta), torch.from_numpy(x)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sbiflow.store import SimulationStore
+from sbiflow.training import summed_loss
 
 __all__ = ["StoreData"]
 
@@ -174,14 +175,10 @@ class StoreData:
     @torch.no_grad()
     def validation_loss(self, model: nn.Module) -> float:
         """Mean loss over the validation chunks, read a buffer at a time."""
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         total, count = 0.0, 0
         for a, b in self._buffers(self.validation_chunks):
-            for first in range(0, a.shape[0], 8192):
-                a_part = a[first : first + 8192].to(device)
-                b_part = b[first : first + 8192].to(device)
-                total += float(model.loss(a_part, b_part).sum())
-                count += a_part.shape[0]
+            total += summed_loss(model, a, b)
+            count += a.shape[0]
         return total / count if count else math.nan
 
     def close(self) -> None:

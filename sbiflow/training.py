@@ -122,11 +122,17 @@ class TrainingHistory:
         }
 
 
-def _mean_loss(model: nn.Module, a: Tensor, b: Tensor, chunk: int = 8192) -> float:
+def summed_loss(model: nn.Module, a: Tensor, b: Tensor, chunk: int = 8192) -> float:
+    """Sum of ``model.loss`` over rows ``a (N, ...)``, ``b (N, ...)``, ``chunk`` rows at a time.
+
+    Rows are moved to the model's device chunk by chunk (a no-op when they are there).
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     total = 0.0
     for start in range(0, a.shape[0], chunk):
-        total += float(model.loss(a[start : start + chunk], b[start : start + chunk]).sum())
-    return total / a.shape[0]
+        rows = slice(start, start + chunk)
+        total += float(model.loss(a[rows].to(device), b[rows].to(device)).sum())
+    return total
 
 
 SMALL_MODEL_PARAMETERS = 1_000_000
@@ -238,7 +244,7 @@ class InMemoryData:
 
     def validation_loss(self, model: nn.Module) -> float:
         """Mean loss over the validation rows, in chunks of 8,192."""
-        return _mean_loss(model, self.a_val, self.b_val)
+        return summed_loss(model, self.a_val, self.b_val) / self.a_val.shape[0]
 
 
 def train(model: nn.Module, a: Tensor, b: Tensor, config: TrainingConfig) -> TrainingHistory:

@@ -173,7 +173,9 @@ class NeuralInference:
             TypeError: For an unknown training option.
             ValueError: Neither or both of ``(theta, x)`` and ``store``.
         """
-        TrainingConfig(seed=seed, progress=progress, **training_options)  # fail early on typos
+        # fail early on typos; the split of a streamed store is drawn before the estimator
+        # (and its training_defaults, which never set validation_fraction) exists
+        requested = TrainingConfig(seed=seed, progress=progress, **training_options)
         _one_source(theta, x, store)
         with torch.random.fork_rng():
             if seed is not None:
@@ -184,8 +186,7 @@ class NeuralInference:
                 self.num_simulations = int(x.shape[0])
                 sample = (theta, x)
             else:
-                fraction = TrainingConfig(**training_options).validation_fraction
-                streamed = StoreData(store, self._roles, fraction, generator)
+                streamed = StoreData(store, self._roles, requested.validation_fraction, generator)
                 sample = self._check_training_data(
                     *streamed.sample_rows(self.STANDARDIZATION_ROWS, generator)
                 )
