@@ -41,6 +41,11 @@ def run_text(summary: dict[str, Any]) -> str:
     if "calibration_check" in summary:
         check = summary["calibration_check"]
         lines.append(f"calibration check after training: {check['summary']}")
+        if "temperature" in check:
+            lines.append(
+                f"  the flow was widened by a temperature of {check['temperature']:.3f} "
+                "(chosen on other validation simulations; docs/calibration.md)"
+            )
         if not check["calibrated"]:
             lines.append(
                 "  the posterior is overconfident: simulate more, or train an ensemble "

@@ -227,29 +227,85 @@ def test_auto_trains_an_ensemble_on_a_small_budget():
     assert off.fit(theta, x, max_epochs=2, progress=False).calibration is None
 
 
-def test_auto_retrains_an_overconfident_flow_as_an_ensemble(monkeypatch):
-    """Above the small budget, only an overconfident flow is trained again as an ensemble."""
+def shortfall(coverage, levels=(0.5, 0.68, 0.95)) -> float:
+    return max(lv - c for lv, c in zip(levels, coverage, strict=True))
+
+
+def test_auto_widens_an_overconfident_flow_by_a_temperature(monkeypatch):
+    """Above the small budget, an overconfident flow is widened, not retrained.
+
+    The flow that ``calibration="check"`` flags (same seed, same training) gets the
+    temperature chosen on one half of the validation rows; on 1,000 fresh simulations it is
+    then calibrated where the plain flow is not. At T = 1 it is the flow "check" trained.
+    """
     monkeypatch.setattr(sbiflow.NPE, "SMALL_BUDGET", 50)
-    theta, x = linear_gaussian(400, 11, dim_x=20)
-    options = {"max_epochs": 150, "stop_after_epochs": 10**4, "lr_decays": 0}
-    options["validation_fraction"] = 0.5  # 200 validation simulations for the check
+    monkeypatch.setattr(sbiflow.NPE, "MAX_TEMPERATURE", 4.0)  # keep the flow whatever its T
+    theta, x = linear_gaussian(1_000, 11, dim_x=10)
+    options = {"max_epochs": 100, "stop_after_epochs": 10**4, "lr_decays": 0}
+    options["validation_fraction"] = 0.5  # 500 validation simulations: 250 choose T, 250 check
     first = sbiflow.NPE(PRIOR, calibration="check", hidden_features=16)
     with pytest.warns(CalibrationWarning):
         first.fit(theta, x, progress=False, **options)
-    assert not first.calibration.calibrated
     auto = sbiflow.NPE(PRIOR, hidden_features=16).fit(theta, x, progress=False, **options)
+    choice = auto.temperature_choice
+    assert auto.estimator_kind == "nsf" and auto.balance == 0.0
+    assert choice.reached and auto.temperature == choice.temperature > 1.2
+    assert choice.num_simulations == auto.calibration.num_simulations == 250
+    assert "not used to choose the temperature" in auto.calibration.source
+    assert auto.calibration.calibrated
+    test_theta, test_x = linear_gaussian(1_000, 99, dim_x=10)
+    plain = first.check_calibration(test_theta, test_x, warn=False)
+    tempered = auto.check_calibration(test_theta, test_x, warn=False)
+    # T is chosen on 250 simulations: its coverage is known to two binomial errors (0.063)
+    tuning_error = 2 * (0.25 / choice.num_simulations) ** 0.5
+    assert shortfall(plain.coverage) > 0.1 and shortfall(tempered.coverage) < tuning_error
+    auto.estimator.set_temperature(1.0)
+    assert torch.allclose(
+        auto.estimator.log_prob(theta[:50], x[:50]),
+        first.estimator.log_prob(theta[:50], x[:50]),
+        atol=1e-5,
+    )
+
+
+def test_the_rule_that_sends_a_flow_to_the_ensemble():
+    """Kept: a flow that a small temperature calibrates. Ensemble: one short even at its best
+    temperature, or one that needs more than ``MAX_TEMPERATURE`` (its shape is off)."""
+    from sbiflow.inference.temperature import TemperatureChoice
+
+    def choice(temperature, coverage):
+        return TemperatureChoice(temperature, coverage, (0.5, 0.68, 0.95), 500)
+
+    npe = sbiflow.NPE(PRIOR)
+    assert sbiflow.NPE.MAX_TEMPERATURE == 1.15 and sbiflow.NPE.RETRAIN_SHORTFALL == 0.03
+    assert not npe._needs_ensemble(choice(1.0, (0.5, 0.7, 0.95)))
+    assert not npe._needs_ensemble(choice(1.12, (0.5, 0.7, 0.95)))
+    assert not npe._needs_ensemble(choice(1.12, (0.48, 0.7, 0.95)))  # within 0.03
+    assert npe._needs_ensemble(choice(1.3, (0.5, 0.7, 0.95)))
+    assert npe._needs_ensemble(choice(1.1, (0.45, 0.7, 0.95)))
+
+
+def test_auto_retrains_a_flow_no_temperature_fixes_as_an_ensemble(monkeypatch):
+    """A flow wrong in more than its width (here overfitted) is trained again as an ensemble."""
+    monkeypatch.setattr(sbiflow.NPE, "SMALL_BUDGET", 50)
+    theta, x = linear_gaussian(600, 11, dim_x=20)
+    options = {"max_epochs": 150, "stop_after_epochs": 10**4, "lr_decays": 0}
+    options["validation_fraction"] = 0.5
+    first = sbiflow.NPE(PRIOR, calibration="check", hidden_features=16)
+    with pytest.warns(CalibrationWarning):
+        first.fit(theta, x, progress=False, **options)
+    auto = sbiflow.NPE(PRIOR, hidden_features=16).fit(theta, x, progress=False, **options)
+    assert not auto.temperature_choice.reached
+    assert auto.temperature_choice.shortfall > sbiflow.NPE.RETRAIN_SHORTFALL
     assert auto.estimator_kind == "ensemble"
-
-    def shortfall(check):
-        return max(lv - c for lv, c in zip(check.levels, check.coverage, strict=True))
-
-    assert shortfall(auto.calibration) < shortfall(first.calibration)
-    # the same flow within the retraining threshold stays one flow (and warns)
+    assert auto.balance == sbiflow.NPE.ENSEMBLE_BALANCE
+    assert auto.calibration.shortfall < first.calibration.shortfall
+    # within the retraining threshold the flow stays one (tempered) flow, and warns
     monkeypatch.setattr(sbiflow.NPE, "RETRAIN_SHORTFALL", 1.0)
+    monkeypatch.setattr(sbiflow.NPE, "MAX_TEMPERATURE", 10.0)
     with pytest.warns(CalibrationWarning):
         kept = sbiflow.NPE(PRIOR, hidden_features=16).fit(theta, x, progress=False, **options)
     assert kept.estimator_kind == "nsf" and kept.balance == 0.0
-    assert kept.calibration.coverage == first.calibration.coverage
+    assert kept.temperature == kept.temperature_choice.temperature
 
 
 def test_bootstrap_weights_are_exponential_fixed_and_independent():

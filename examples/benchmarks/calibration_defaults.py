@@ -243,6 +243,7 @@ def main() -> None:
                     "fit_seconds": seconds,
                     "epochs": len(npe.history.val_loss),
                     "estimator": npe.estimator_kind,
+                    "temperature": npe.temperature,
                     "coverage": list(check.coverage),
                     "validation_check": None
                     if npe.calibration is None

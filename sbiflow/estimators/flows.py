@@ -40,6 +40,31 @@ def _tanh(x: Tensor) -> Tensor:
     return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
 
 
+class _TemperedNormal(distributions.StandardNormal):
+    r"""The flow's base density :math:`\mathcal{N}(0, T^2 I)`: standard normal at ``T = 1``.
+
+    A temperature ``T > 1`` widens every conditional density the flow defines while keeping
+    it exact: :math:`\log q_T(a) = \log \mathcal{N}(u / T; 0, I) - D \log T + \log |\det
+    \partial u / \partial a|` with ``u`` the flow's image of ``a`` (Glow's sampling
+    temperature, with the density kept consistent). NPE sets it after training to undo an
+    overconfident fit (``sbiflow.inference.temperature``).
+    """
+
+    def __init__(self, shape: tuple[int, ...], temperature: float = 1.0) -> None:
+        super().__init__(shape)
+        self.temperature = float(temperature)
+
+    def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
+        if self.temperature == 1.0:
+            return super()._log_prob(inputs, context)
+        scaled = super()._log_prob(inputs / self.temperature, context)
+        return scaled - self._shape.numel() * math.log(self.temperature)
+
+    def _sample(self, num_samples: int, context: Tensor | None) -> Tensor:
+        noise = super()._sample(num_samples, context)
+        return noise if self.temperature == 1.0 else noise * self.temperature
+
+
 class _LULinear(transforms.LULinear):
     """nflows' LU linear layer, inverted with ``torch.linalg.solve_triangular``.
 
@@ -336,6 +361,8 @@ class FlowEstimator(ConditionalEstimator):
             the training data in :meth:`standardize_from`, and (MAF) start the
             autoregressive layers as the identity: the flow starts at the least-squares
             linear-Gaussian model of a given b (needs ``conditional_affine``).
+        temperature: Scale ``T >= 1`` of the base normal (see ``_TemperedNormal``); 1 is the
+            plain flow. Set after training with :meth:`set_temperature`.
 
     Example:
         >>> q = FlowEstimator("nsf", (2,), (3,))
@@ -358,6 +385,7 @@ class FlowEstimator(ConditionalEstimator):
         num_blocks: int = 2,
         conditional_affine: bool = False,
         linear_start: bool = False,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__(a_shape, b_shape)
         if kind not in FLOW_KINDS:
@@ -395,9 +423,10 @@ class FlowEstimator(ConditionalEstimator):
             )
         self.flow = flows.Flow(
             transforms.CompositeTransform(layers),
-            distributions.StandardNormal([features]),
+            _TemperedNormal((features,)),
             embedding_net=embedding,
         )
+        self.set_temperature(temperature)
 
     @property
     def embedding_net(self) -> nn.Module:
@@ -429,6 +458,44 @@ class FlowEstimator(ConditionalEstimator):
             "b_shape": list(self.b_shape),
             **self.options,
         }
+
+    @property
+    def temperature(self) -> float:
+        """Scale T of the base normal (1: the flow as trained)."""
+        return self.flow._distribution.temperature
+
+    def set_temperature(self, temperature: float) -> None:
+        """Widen the flow's densities by a base-normal scale ``temperature`` (≥ 1).
+
+        Sampling and ``log_prob`` both follow it, and it is saved with the model.
+        """
+        temperature = float(temperature)
+        if not math.isfinite(temperature) or temperature < 1.0:
+            raise ValueError(f"temperature must be a finite number >= 1, got {temperature}.")
+        self.flow._distribution.temperature = temperature
+        # only when set: files saved before the option keep their config
+        if temperature != 1.0:
+            self.options["temperature"] = temperature
+        else:
+            self.options.pop("temperature", None)
+
+    def context(self, b: Tensor) -> Tensor:
+        """The flow's condition: b ``(B, *b_shape)`` standardized and embedded → ``(B, C)``."""
+        return self.flow._embedding_net(self.b_standardizer(b))
+
+    def to_noise(self, a: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """The flow's image u ``(B, D_a)`` of a ``(B, D_a)`` and ``log |det du/da|`` ``(B,)``.
+
+        ``context`` ``(B, C)`` from :meth:`context`. With them, ``log q_T(a)`` is
+        ``log N(u; 0, T² I) + log_det`` at any temperature T.
+        """
+        u, log_det = self.flow._transform(self.a_standardizer(a), context=context)
+        return u, log_det + self.a_standardizer.log_abs_det()
+
+    def from_noise(self, u: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Invert :meth:`to_noise`: a ``(B, D_a)`` and ``log |det du/da|`` ``(B,)`` at a."""
+        a_z, log_det_inverse = self.flow._transform.inverse(u, context=context)
+        return self.a_standardizer.inverse(a_z), self.a_standardizer.log_abs_det() - log_det_inverse
 
     def log_prob(self, a: Tensor, b: Tensor) -> Tensor:
         """Log density of ``a`` ``(B, D_a)`` given ``b`` ``(B, *b_shape)`` → ``(B,)``."""

@@ -250,6 +250,9 @@ class NeuralInference:
             if self.history.val_loss:
                 trained += f", {len(self.history.val_loss)} epochs"
             parts.append(trained)
+            temperature = getattr(self.estimator, "temperature", 1.0)
+            if temperature != 1.0:
+                parts.append(f"temperature {temperature:.3g}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def _default_embedding(self, b: Tensor) -> nn.Module | None:

@@ -90,7 +90,12 @@ def calibration(summary: dict[str, Any], folder: str) -> str | None:
         parts.append(
             note(
                 f"{verdict}, on {check['num_simulations']:,} {check.get('source', '')}"
-                + (f"; balance {fmt(check['balance'])}" if "balance" in check else ""),
+                + (f"; balance {fmt(check['balance'])}" if "balance" in check else "")
+                + (
+                    f"; widened by a temperature of {fmt(check['temperature'])}"
+                    if "temperature" in check
+                    else ""
+                ),
                 "good" if check["calibrated"] else "bad",
             )
         )

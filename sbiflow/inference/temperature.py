@@ -1,0 +1,194 @@
+r"""Post-hoc calibration of a flow posterior by a temperature chosen on held-out simulations.
+
+A normalizing flow maps θ to a base point u with :math:`q(θ \mid x) = \mathcal{N}(u; 0, I)
+\, |\det \partial u / \partial θ|`. Scaling the base normal to :math:`\mathcal{N}(0, T^2 I)`
+widens every posterior the flow defines, keeps its density exact, and leaves its shape
+(correlations, skewness, multiple modes) as trained; ``T = 1`` is the flow as trained.
+
+An overconfident fit (coverage below nominal on held-out simulations) is widened by the
+smallest ``T ≥ 1`` whose HPD coverage on held-out simulations reaches every nominal level.
+The coverage of the tempered posterior is computed for many T from one set of draws: the
+condition is embedded once per simulation, the base draws ``z`` are made once, and each T
+costs one inverse pass of the flow on ``T z`` (no retraining). Coverage grows with T, so T
+is found on a coarse grid and refined by bisection.
+
+This is the same idea as temperature scaling of classifiers (Guo et al., 2017) applied to
+the base distribution of a flow: a single number fitted on held-out data, whose effect is
+measured on other held-out data (NPE reports its calibration check on validation
+simulations that did not choose T).
+
+References:
+    On Calibration of Modern Neural Networks (Guo et al., 2017), arXiv:1706.04599.
+    A Trust Crisis In Simulation-Based Inference? (Hermans et al., 2022), arXiv:2110.06581.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from sbiflow.estimators.flows import FlowEstimator
+from sbiflow.inference.calibration import LEVELS
+from sbiflow.priors import in_support
+
+__all__ = ["GRID", "TemperatureChoice", "choose_temperature", "tempered_hpd_levels"]
+
+#: Temperatures tried before bisection refines between two of them.
+GRID = (1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
+
+
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The temperature chosen and the coverage it gave on the simulations that chose it.
+
+    Attributes:
+        temperature: The chosen T (1: the flow was not overconfident there).
+        coverage: Coverage at ``levels`` of the tempered posterior on those simulations.
+        levels: Credibility levels.
+        num_simulations: Held-out simulations that chose T.
+        reached: Whether every level was reached (false: T is the best the grid offered).
+    """
+
+    temperature: float
+    coverage: tuple[float, ...]
+    levels: tuple[float, ...]
+    num_simulations: int
+    reached: bool = True
+
+    @property
+    def shortfall(self) -> float:
+        """The largest amount by which coverage at T falls below its level (≤ 0: none)."""
+        return max(lv - c for lv, c in zip(self.levels, self.coverage, strict=True))
+
+
+@torch.no_grad()
+def tempered_hpd_levels(
+    estimator: FlowEstimator,
+    prior: Distribution,
+    theta: Tensor,
+    x: Tensor,
+    temperatures: Sequence[float],
+    num_samples: int = 128,
+    max_rows: int = 4_096,
+) -> Tensor:
+    """HPD level of each held-out θ* under the posterior at every temperature.
+
+    Args:
+        estimator: A trained flow q(θ | x) (its own temperature is ignored).
+        prior: The prior; draws outside its support are discarded, as NPE's sampling does.
+        theta: Held-out parameters ``(B, D)``.
+        x: Their simulations ``(B, *x_shape)``.
+        temperatures: Temperatures T ≥ 1 to evaluate, ``(K,)``.
+        num_samples: Posterior draws per simulation (the same base draws at every T).
+        max_rows: Draws per inverse pass (a few thousand rows keep a pass in the CPU's
+            cache: 1.7x faster here than 65,536).
+
+    Returns:
+        ``(K, B)``: at each T, the share of in-support draws denser than θ* (1 if none
+        fell inside the support).
+    """
+    device = next(estimator.parameters()).device
+    dim = estimator.a_shape[0]
+    per_pass = max(1, max_rows // num_samples)
+    out = torch.empty(len(temperatures), theta.shape[0])
+    for start in range(0, theta.shape[0], per_pass):
+        t = theta[start : start + per_pass].to(device)
+        context = estimator.context(x[start : start + per_pass].to(device))  # (c, C)
+        u_true, log_det_true = estimator.to_noise(t, context)  # (c, D), (c,)
+        z = torch.randn(t.shape[0] * num_samples, dim, device=device)  # (c m, D)
+        rows = context.repeat_interleave(num_samples, dim=0)  # (c m, C)
+        for k, temperature in enumerate(temperatures):
+            log_norm = -dim * math.log(temperature)
+            log_q_true = -0.5 * (u_true / temperature).square().sum(1) + log_norm + log_det_true
+            draws, log_det = estimator.from_noise(z * temperature, rows)
+            # log N(T z; 0, T² I) = log N(z; 0, I) - D log T (constants shared by θ* cancel)
+            log_q = (-0.5 * z.square().sum(1) + log_norm + log_det).view(-1, num_samples)
+            inside = in_support(prior, draws.cpu()).to(device).view(-1, num_samples)
+            denser = (log_q > log_q_true[:, None]) & inside
+            count = inside.sum(dim=1)
+            level = torch.where(count > 0, denser.sum(dim=1) / count.clamp_min(1), 1.0)
+            out[k, start : start + t.shape[0]] = level.float().cpu()
+    return out
+
+
+def _coverage(hpd: Tensor, levels: Sequence[float]) -> tuple[float, ...]:
+    return tuple(float((hpd < level).float().mean()) for level in levels)
+
+
+def choose_temperature(
+    estimator: FlowEstimator,
+    prior: Distribution,
+    theta: Tensor,
+    x: Tensor,
+    levels: Sequence[float] = LEVELS,
+    num_samples: int = 128,
+    grid: Sequence[float] = GRID,
+    tolerance: float = 0.02,
+    seed: int = 0,
+) -> TemperatureChoice:
+    """The smallest temperature whose coverage reaches every level on ``(theta, x)``.
+
+    The coarse ``grid`` is evaluated first; between its last temperature that falls short
+    and the first that reaches every level, bisection narrows T down to ``tolerance``
+    (relative). Coverage need not grow with T without end: a posterior that is wrong in its
+    location rather than its width, widened until the prior's bounds cut it, can lose
+    coverage again. If no temperature on the grid reaches every level, the one with the
+    smallest shortfall is returned (``reached`` is then false).
+
+    Args:
+        estimator: A trained flow q(θ | x).
+        prior: The prior ``theta`` was drawn from.
+        theta: Held-out parameters ``(B, D)``, not trained on.
+        x: Their simulations ``(B, *x_shape)``.
+        levels: Credibility levels whose coverage must reach nominal.
+        num_samples: Posterior draws per simulation.
+        grid: Increasing temperatures ≥ 1 to try first, starting at 1.
+        tolerance: Bisection stops when the bracket is this narrow (relative to T).
+        seed: Seed of the base draws (the same draws at every T).
+
+    Returns:
+        The choice: T, the coverage at T on these simulations, whether every level was
+        reached.
+    """
+    grid = tuple(float(t) for t in grid)
+    if not grid or grid[0] != 1.0 or any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
+        raise ValueError(f"grid must increase from 1, got {grid}.")
+    levels = tuple(float(level) for level in levels)
+    cache: dict[float, tuple[float, ...]] = {}
+
+    def evaluate(temperatures: Sequence[float]) -> None:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            hpd = tempered_hpd_levels(estimator, prior, theta, x, temperatures, num_samples)
+        for temperature, row in zip(temperatures, hpd, strict=True):
+            cache[temperature] = _coverage(row, levels)
+
+    def shortfall(temperature: float) -> float:
+        return max(lv - c for lv, c in zip(levels, cache[temperature], strict=True))
+
+    evaluate(grid)
+    reaching = [t for t in grid if shortfall(t) <= 0.0]
+    if not reaching:
+        chosen = min(grid, key=shortfall)
+    elif reaching[0] == 1.0:
+        chosen = 1.0
+    else:
+        high = reaching[0]
+        low = grid[grid.index(high) - 1]
+        while high / low - 1.0 > tolerance:  # low falls short, high reaches
+            middle = math.sqrt(low * high)
+            evaluate([middle])
+            low, high = (low, middle) if shortfall(middle) <= 0.0 else (middle, high)
+        chosen = high
+    return TemperatureChoice(
+        temperature=chosen,
+        coverage=cache[chosen],
+        levels=levels,
+        num_simulations=int(theta.shape[0]),
+        reached=shortfall(chosen) <= 0.0,
+    )

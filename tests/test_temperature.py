@@ -1,0 +1,136 @@
+"""A flow widened by the temperature of its base normal, and the choice of that temperature."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+import sbiflow
+from sbiflow.estimators.flows import FlowEstimator
+from sbiflow.inference.calibration import hpd_levels
+from sbiflow.inference.temperature import choose_temperature, tempered_hpd_levels
+
+#: So wide that no draw of the flows below falls outside it: coverage is the flow's own.
+WIDE_PRIOR = sbiflow.BoxUniform(-40.0 * torch.ones(2), 40.0 * torch.ones(2))
+
+
+def random_flow(seed: int = 0) -> FlowEstimator:
+    """An untrained NSF q(a | b), a (2,), b (3,): some smooth, skewed conditional density."""
+    torch.manual_seed(seed)
+    q = FlowEstimator("nsf", (2,), (3,), hidden_features=16, num_transforms=2)
+    q.standardize_from(torch.randn(500, 2) * 2.0 + 1.0, torch.randn(500, 3))
+    return q.eval()
+
+
+def draws_at(q: FlowEstimator, temperature: float, n: int, seed: int):
+    """(θ, x) pairs with x ~ N(0, I) and θ ~ q_T(· | x): the flow at T is the exact posterior."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    q.set_temperature(temperature)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        theta = q.sample_each(x)
+    q.set_temperature(1.0)
+    return theta, x
+
+
+def test_tempered_density_is_the_base_normal_scaled():
+    q = random_flow()
+    a, b = torch.randn(64, 2), torch.randn(64, 3)
+    with torch.no_grad():
+        u, log_det = q.to_noise(a, q.context(b))
+        assert torch.allclose(
+            q.log_prob(a, b), Normal(0, 1).log_prob(u).sum(1) + log_det, atol=1e-4
+        )
+        back, log_det_back = q.from_noise(u, q.context(b))
+        assert torch.allclose(back, a, atol=1e-4) and torch.allclose(
+            log_det_back, log_det, atol=1e-3
+        )
+        q.set_temperature(1.7)
+        expected = Normal(0, 1.7).log_prob(u).sum(1) + log_det
+        assert torch.allclose(q.log_prob(a, b), expected, atol=1e-4)
+        # sampling follows: the base points of the draws have std T
+        draws = q.sample(20_000, b[0])
+        u_draws, _ = q.to_noise(draws, q.context(b[:1]).expand(20_000, -1))
+    assert torch.allclose(u_draws.std(0), torch.full((2,), 1.7), atol=0.03)
+    assert q.config()["temperature"] == 1.7
+    q.set_temperature(1.0)
+    assert "temperature" not in q.config()  # a plain flow's config is as before the option
+
+
+@pytest.mark.parametrize("bad", [0.9, 0.0, float("nan"), float("inf")])
+def test_temperature_below_one_or_not_finite_is_refused(bad):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 1"):
+        random_flow().set_temperature(bad)
+
+
+def test_tempered_levels_agree_with_the_general_check():
+    """The batched tempered HPD levels are the check's statistic (other draws, same law)."""
+    q = random_flow(1)
+    theta, x = draws_at(q, 1.3, 1_000, seed=3)
+    q.set_temperature(1.3)
+    torch.manual_seed(0)
+    general = hpd_levels(q, WIDE_PRIOR, theta, x, num_samples=256)
+    q.set_temperature(1.0)
+    torch.manual_seed(1)
+    batched = tempered_hpd_levels(q, WIDE_PRIOR, theta, x, [1.3], num_samples=256)[0]
+    for level in (0.2, 0.5, 0.68, 0.95):
+        assert (
+            abs(float((general < level).float().mean()) - float((batched < level).float().mean()))
+            < 0.04
+        )
+    # and the exact posterior (the flow at the temperature that drew θ) is calibrated
+    for level in (0.5, 0.68, 0.95):
+        assert abs(float((batched < level).float().mean()) - level) < 0.045
+
+
+def test_choose_temperature_recovers_the_temperature_that_drew_the_data():
+    q = random_flow(2)
+    theta, x = draws_at(q, 1.6, 1_000, seed=4)
+    choice = choose_temperature(q, WIDE_PRIOR, theta, x)
+    assert choice.reached and abs(choice.temperature - 1.6) < 0.15, choice
+    assert choice.num_simulations == 1_000 and choice.shortfall <= 0.0
+    assert q.temperature == 1.0  # choosing does not change the flow
+
+
+def test_choose_temperature_negative_controls():
+    """Data from the flow itself need no widening; data narrower than the flow get none."""
+    q = random_flow(3)
+    theta, x = draws_at(q, 1.0, 1_000, seed=5)
+    assert choose_temperature(q, WIDE_PRIOR, theta, x).temperature <= 1.1
+    # θ drawn from the flow narrowed to 0.7 (set on the base directly: set_temperature
+    # refuses T < 1): the flow is too wide for them, and T stays 1
+    q.flow._distribution.temperature = 0.7
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(6)
+        narrow = q.sample_each(x)
+    q.flow._distribution.temperature = 1.0
+    wide = choose_temperature(q, WIDE_PRIOR, narrow, x)
+    assert wide.temperature == 1.0
+    assert all(c > lv + 0.02 for c, lv in zip(wide.coverage, wide.levels, strict=True))
+
+
+def test_choose_temperature_rejects_a_bad_grid():
+    q = random_flow()
+    theta, x = draws_at(q, 1.0, 10, seed=0)
+    for grid in [(), (1.2, 1.5), (1.0, 1.5, 1.2)]:
+        with pytest.raises(ValueError, match="grid must increase from 1"):
+            choose_temperature(q, WIDE_PRIOR, theta, x, grid=grid)
+
+
+def test_a_tempered_npe_saves_and_loads(tmp_path):
+    prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
+    theta = prior.sample((300,))
+    x = theta + 0.1 * torch.randn(300, 2)
+    npe = sbiflow.NPE(prior, calibration="check", hidden_features=8)
+    npe.fit(theta, x, max_epochs=3, progress=False)
+    npe.estimator.set_temperature(1.4)
+    sbiflow.save(npe, tmp_path / "tempered.sbiflow")
+    loaded = sbiflow.load(tmp_path / "tempered.sbiflow")
+    assert loaded.temperature == 1.4
+    probe = theta[:20]
+    assert torch.allclose(
+        loaded.log_prob(probe, x[0], normalize=False), npe.log_prob(probe, x[0], normalize=False)
+    )
+    assert math.isclose(npe.temperature, 1.4)
