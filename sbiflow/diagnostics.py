@@ -271,10 +271,12 @@ class PredictiveCheck:
         percentiles: Share of simulated draws below ``x_o``, per element, ``x_shape``;
             values near 0 or 1 flag elements the model does not reproduce.
         p_value: Share of simulated draws farther from the predictive mean than ``x_o``
-            (Mahalanobis distance with the predictive covariance): small means the
-            observation is atypical of the fitted model.
+            (Mahalanobis distance with the Ledoit–Wolf covariance of the other half of the
+            draws, so that ``x_o`` and the draws compared with it are both out of sample;
+            ``(1 + count) / (1 + draws)``): small means the observation is atypical of the
+            fitted model.
         emulator_p_value: The same distance test of the emulated draws against the
-            simulated ones (a two-sample K-S test of their distances), or ``None``.
+            held-out simulated ones (a two-sample K-S test of their distances), or ``None``.
     """
 
     x_o: Tensor
@@ -289,6 +291,34 @@ def _simulate(simulator: Any, theta: Tensor, seed: int) -> Tensor:
     if hasattr(simulator, "simulate"):  # the simulator protocol: simulate(theta, rng)
         return torch.as_tensor(simulator.simulate(theta, np.random.default_rng(seed)))
     return torch.as_tensor(simulator(theta))
+
+
+def _split_halves(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``(n, K)`` cut into a first and a second half (at least one row each)."""
+    if rows.shape[0] < 4:
+        raise ValueError(f"A predictive check needs at least 4 draws, got {rows.shape[0]}.")
+    half = rows.shape[0] // 2
+    return rows[:half], rows[half:]
+
+
+def _mahalanobis(reference: Tensor) -> Callable[[Tensor], Tensor]:
+    """Squared Mahalanobis distance to ``reference`` rows ``(n, K)``, Ledoit–Wolf covariance.
+
+    The shrunk covariance stays well conditioned when x has more elements than there are
+    draws (a field, a star set): the plain sample covariance is singular there, and every
+    draw it was fitted on sits at the same distance while any other point looks far away.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    fitted = LedoitWolf().fit(reference.numpy())
+    mean = torch.as_tensor(fitted.location_, dtype=torch.float64)
+    precision = torch.as_tensor(fitted.precision_, dtype=torch.float64)
+
+    def distance(rows: Tensor) -> Tensor:
+        d = rows.flatten(start_dim=1).double() - mean
+        return torch.einsum("ni,ij,nj->n", d, precision, d)
+
+    return distance
 
 
 def posterior_predictive(
@@ -325,18 +355,14 @@ def posterior_predictive(
         emulated = emulator.simulate(theta, seed=seed).to(torch.float32).reshape(simulated.shape)
     percentiles = (simulated < x_o).float().mean(dim=0)
 
-    flat = simulated.flatten(start_dim=1).double()  # (n, K)
-    mean = flat.mean(dim=0)
-    cov = torch.cov(flat.T).reshape(flat.shape[1], flat.shape[1])
-    cov = cov + 1e-9 * torch.eye(flat.shape[1], dtype=cov.dtype) * cov.diagonal().mean()
-    precision = torch.linalg.pinv(cov)
-
-    def distance(rows: Tensor) -> Tensor:
-        d = rows.flatten(start_dim=1).double() - mean
-        return torch.einsum("ni,ij,nj->n", d, precision, d)
-
-    p_value = float((distance(simulated) >= distance(x_o[None])[0]).double().mean())
+    reference, held_out = _split_halves(simulated.flatten(start_dim=1).double())
+    distance = _mahalanobis(reference)
+    d_held_out = distance(held_out)
+    # x_o and the held-out draws are alike under the model: neither entered the covariance
+    exceed = int((d_held_out >= distance(x_o.reshape(1, -1).double())[0]).sum())
+    p_value = (1 + exceed) / (1 + d_held_out.shape[0])
     emulator_p = None
     if emulated is not None:
-        emulator_p = float(stats.ks_2samp(distance(simulated), distance(emulated)).pvalue)
+        d_emulated = distance(emulated.flatten(start_dim=1).double())
+        emulator_p = float(stats.ks_2samp(d_held_out, d_emulated).pvalue)
     return PredictiveCheck(x_o, simulated, emulated, percentiles, p_value, emulator_p)

@@ -106,6 +106,33 @@ def test_posterior_predictive_check(test_set):
     assert far.p_value < 0.01 and far.emulator_p_value < 0.01
 
 
+def test_posterior_predictive_p_value_is_uniform_when_x_has_more_elements_than_draws():
+    """300 elements, 100 draws: the check must not call every observation atypical.
+
+    (The sample covariance of 100 draws in 300 dimensions is singular; with it, every
+    observation sat far outside the draws and the dwarf's report flagged p = 0.)
+    """
+    from sbiflow.diagnostics import posterior_predictive
+
+    def simulator(theta):  # (n, 1) -> (n, 300): a level plus a smooth trend plus noise
+        grid = torch.linspace(0.0, 1.0, 300)
+        return theta + 0.5 * theta * grid + torch.randn(theta.shape[0], 300)
+
+    p_values, shifted = [], []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        samples = 1.0 + 0.1 * torch.randn(1_000, 1)
+        x_o = simulator(samples[:1])[0]  # an observation the model makes
+        check = posterior_predictive(samples, simulator, x_o, num_draws=100, seed=seed)
+        p_values.append(check.p_value)
+        shifted.append(
+            posterior_predictive(samples, simulator, x_o + 1.0, num_draws=100, seed=seed)
+        )
+    assert sum(p < 0.05 for p in p_values) <= 3  # 1 expected of 20; the old test gave 20
+    assert 0.3 < sum(p_values) / len(p_values) < 0.7
+    assert all(check.p_value < 0.05 for check in shifted)  # negative control
+
+
 def test_calibration_and_predictive_plots_are_written(test_set, tmp_path):
     from sbiflow.diagnostics import posterior_predictive
     from sbiflow.plots import coverage_plot, predictive_plot, rank_plot
