@@ -1,6 +1,7 @@
 """A flow widened by the temperature of its base normal, and the choice of that temperature."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -134,3 +135,18 @@ def test_a_tempered_npe_saves_and_loads(tmp_path):
         loaded.log_prob(probe, x[0], normalize=False), npe.log_prob(probe, x[0], normalize=False)
     )
     assert math.isclose(npe.temperature, 1.4)
+
+
+def test_too_few_validation_simulations_keep_the_flow_as_trained(monkeypatch):
+    """Under 20 validation rows there is nothing to split: the check runs, T stays 1."""
+    monkeypatch.setattr(sbiflow.NPE, "SMALL_BUDGET", 0)
+    torch.manual_seed(0)
+    prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
+    theta = prior.sample((150,))
+    x = theta + 0.1 * torch.randn(150, 2)
+    npe = sbiflow.NPE(prior, hidden_features=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whatever 2 epochs give, checked on 15 simulations
+        npe.fit(theta, x, max_epochs=2, progress=False)
+    assert npe.temperature == 1.0 and npe.temperature_choice is None
+    assert npe.calibration.num_simulations == 15

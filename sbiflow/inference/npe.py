@@ -111,6 +111,8 @@ class NPE(NeuralInference):
     ENSEMBLE_BALANCE = 100.0
     #: Validation simulations that choose the temperature of a single flow, at most.
     TEMPERATURE_SIMULATIONS = 1_000
+    #: Fewer validation simulations than twice this: no temperature (the check only).
+    MIN_TEMPERATURE_SIMULATIONS = 10
     #: A flow whose best temperature still leaves coverage this far below a level (on the
     #: rows that chose it) is trained again as the ensemble (the tolerance issue 14 asks of
     #: the defaults; the warning waits for a shortfall beyond chance).
@@ -260,7 +262,7 @@ class NPE(NeuralInference):
         if self.calibration_mode == "off" or theta.shape[0] == 0:
             return
         n = theta.shape[0]
-        if not self._temper:
+        if not self._temper or n < 2 * self.MIN_TEMPERATURE_SIMULATIONS:
             rows = slice(0, self.CALIBRATION_SIMULATIONS)
             self.calibration = self.check_calibration(
                 theta[rows], x[rows], source="validation simulations", warn=False

@@ -9,8 +9,9 @@ An overconfident fit (coverage below nominal on held-out simulations) is widened
 smallest ``T ≥ 1`` whose HPD coverage on held-out simulations reaches every nominal level.
 The coverage of the tempered posterior is computed for many T from one set of draws: the
 condition is embedded once per simulation, the base draws ``z`` are made once, and each T
-costs one inverse pass of the flow on ``T z`` (no retraining). Coverage grows with T, so T
-is found on a coarse grid and refined by bisection.
+costs one inverse pass of the flow on ``T z`` (no retraining). Coverage grows with T up to
+a point (see :func:`choose_temperature`), so T is found on a coarse grid and refined by
+bisection.
 
 This is the same idea as temperature scaling of classifiers (Guo et al., 2017) applied to
 the base distribution of a flow: a single number fitted on held-out data, whose effect is
