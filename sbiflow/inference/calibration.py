@@ -27,7 +27,14 @@ from torch.distributions import Distribution
 from sbiflow.estimators.base import ConditionalEstimator
 from sbiflow.priors import in_support
 
-__all__ = ["CalibrationCheck", "CalibrationWarning", "check_calibration", "hpd_levels"]
+__all__ = [
+    "CalibrationCheck",
+    "CalibrationWarning",
+    "check_calibration",
+    "coverage_at",
+    "hpd_from_densities",
+    "hpd_levels",
+]
 
 LEVELS = (0.5, 0.68, 0.95)
 
@@ -166,11 +173,25 @@ def hpd_levels(
         log_q_draws = estimator.log_prob(draws, rows).view(-1, num_samples)  # (c, m)
         inside = in_support(prior, draws.cpu()).to(device).view(-1, num_samples)
         log_q_true = estimator.log_prob(t, xs)  # (c,)
-        denser = (log_q_draws > log_q_true[:, None]) & inside
-        count = inside.sum(dim=1)
-        level = torch.where(count > 0, denser.sum(dim=1) / count.clamp_min(1), 1.0)
-        levels.append(level.float().cpu())
+        levels.append(hpd_from_densities(log_q_draws, log_q_true, inside))
     return torch.cat(levels)
+
+
+def hpd_from_densities(log_q_draws: Tensor, log_q_true: Tensor, inside: Tensor) -> Tensor:
+    """HPD levels from densities: draws ``(B, m)``, the true θ* ``(B,)``, support ``(B, m)``.
+
+    Returns:
+        ``(B,)`` on the CPU: the share of in-support draws denser than θ* (1 if none fell
+        inside).
+    """
+    denser = (log_q_draws > log_q_true[:, None]) & inside
+    count = inside.sum(dim=1)
+    return torch.where(count > 0, denser.sum(dim=1) / count.clamp_min(1), 1.0).float().cpu()
+
+
+def coverage_at(hpd: Tensor, levels: Sequence[float]) -> tuple[float, ...]:
+    """Expected coverage at each level: the share of HPD levels ``(B,)`` below it."""
+    return tuple(float((hpd < level).float().mean()) for level in levels)
 
 
 def check_calibration(
@@ -198,10 +219,9 @@ def check_calibration(
         than chance (``CalibrationCheck.tolerance``).
     """
     hpd = hpd_levels(estimator, prior, theta, x, num_samples)
-    coverage = tuple(float((hpd < lv).float().mean()) for lv in levels)
     return CalibrationCheck(
         levels=tuple(float(v) for v in levels),
-        coverage=coverage,
+        coverage=coverage_at(hpd, levels),
         num_simulations=int(theta.shape[0]),
         source=source,
         hpd_levels=hpd,

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from sbiflow.estimators.flows import FlowEstimator
-from sbiflow.inference.calibration import LEVELS
+from sbiflow.inference.calibration import LEVELS, coverage_at, hpd_from_densities
 from sbiflow.priors import in_support
 
 __all__ = ["GRID", "TemperatureChoice", "choose_temperature", "tempered_hpd_levels"]
@@ -110,15 +110,8 @@ def tempered_hpd_levels(
             # log N(T z; 0, T² I) = log N(z; 0, I) - D log T (constants shared by θ* cancel)
             log_q = (-0.5 * z.square().sum(1) + log_norm + log_det).view(-1, num_samples)
             inside = in_support(prior, draws.cpu()).to(device).view(-1, num_samples)
-            denser = (log_q > log_q_true[:, None]) & inside
-            count = inside.sum(dim=1)
-            level = torch.where(count > 0, denser.sum(dim=1) / count.clamp_min(1), 1.0)
-            out[k, start : start + t.shape[0]] = level.float().cpu()
+            out[k, start : start + t.shape[0]] = hpd_from_densities(log_q, log_q_true, inside)
     return out
-
-
-def _coverage(hpd: Tensor, levels: Sequence[float]) -> tuple[float, ...]:
-    return tuple(float((hpd < level).float().mean()) for level in levels)
 
 
 def choose_temperature(
@@ -167,7 +160,7 @@ def choose_temperature(
             torch.manual_seed(seed)
             hpd = tempered_hpd_levels(estimator, prior, theta, x, temperatures, num_samples)
         for temperature, row in zip(temperatures, hpd, strict=True):
-            cache[temperature] = _coverage(row, levels)
+            cache[temperature] = coverage_at(row, levels)
 
     def shortfall(temperature: float) -> float:
         return max(lv - c for lv, c in zip(levels, cache[temperature], strict=True))
