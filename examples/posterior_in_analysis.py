@@ -28,8 +28,9 @@ one (``docs/calibration.md``). At 20,000 simulations the temperature was enough 
 coverage 0.51 / 0.73 / 0.95, ``docs/benchmarks.md``); at this example's 10,000 a run of the
 default was still running after 7.5 minutes of CPU (one flow takes 3-4: the ensemble was
 training), beyond the five minutes this example is allowed. So the check runs and is
-printed, nothing is changed, and the coverage over fresh mocks is measured independently. Measured at full size:
-coverage 0.42 / 0.62 / 0.90 on 300 fresh mocks, a little overconfident, as the check says.
+printed, nothing is changed, and the coverage over fresh mocks is measured independently.
+Measured at full size: coverage 0.42 / 0.62 / 0.90 on 300 fresh mocks, a little
+overconfident, as the check says.
 
 One figure (posterior median and 68% interval against the true value of every parameter of
 the 50 dwarfs; the expected-coverage curve) goes to ``docs/figures/posterior_in_analysis.png``

@@ -267,6 +267,7 @@ def test_auto_widens_an_overconfident_flow_by_a_temperature(monkeypatch):
     )
 
 
+@pytest.mark.calibration_defaults
 def test_the_rule_that_sends_a_flow_to_the_ensemble():
     """Kept: a flow that a small temperature calibrates. Ensemble: one short even at its best
     temperature, or one that needs more than ``MAX_TEMPERATURE`` (its shape is off)."""
@@ -284,6 +285,7 @@ def test_the_rule_that_sends_a_flow_to_the_ensemble():
     assert npe._needs_ensemble(choice(1.1, (0.45, 0.7, 0.95)))
 
 
+@pytest.mark.calibration_defaults
 def test_auto_retrains_a_flow_no_temperature_fixes_as_an_ensemble(monkeypatch):
     """A flow wrong in more than its width (here overfitted) is trained again as an ensemble."""
     monkeypatch.setattr(sbiflow.NPE, "SMALL_BUDGET", 50)
@@ -299,13 +301,6 @@ def test_auto_retrains_a_flow_no_temperature_fixes_as_an_ensemble(monkeypatch):
     assert auto.estimator_kind == "ensemble"
     assert auto.balance == sbiflow.NPE.ENSEMBLE_BALANCE
     assert auto.calibration.shortfall < first.calibration.shortfall
-    # within the retraining threshold the flow stays one (tempered) flow, and warns
-    monkeypatch.setattr(sbiflow.NPE, "RETRAIN_SHORTFALL", 1.0)
-    monkeypatch.setattr(sbiflow.NPE, "MAX_TEMPERATURE", 10.0)
-    with pytest.warns(CalibrationWarning):
-        kept = sbiflow.NPE(PRIOR, hidden_features=16).fit(theta, x, progress=False, **options)
-    assert kept.estimator_kind == "nsf" and kept.balance == 0.0
-    assert kept.temperature == kept.temperature_choice.temperature
 
 
 def test_bootstrap_weights_are_exponential_fixed_and_independent():

@@ -428,6 +428,7 @@ def test_iid_composition_of_the_trained_model(trained_large, method):
     assert c2st(reference, single) > 0.6
 
 
+@pytest.mark.slow  # 50-70 s on a loaded core: the default run's longest test
 def test_npe_sample_composes_iid_trials(trained):
     sim, npe, _ = trained
     trials = sim.simulate(torch.tensor([[0.3, -0.2]]).expand(10, 2), np.random.default_rng(7))
