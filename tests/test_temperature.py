@@ -150,3 +150,24 @@ def test_too_few_validation_simulations_keep_the_flow_as_trained(monkeypatch):
         npe.fit(theta, x, max_epochs=2, progress=False)
     assert npe.temperature == 1.0 and npe.temperature_choice is None
     assert npe.calibration.num_simulations == 15
+
+
+@pytest.mark.calibration_defaults
+def test_a_flow_with_your_own_embedding_module_gets_a_temperature_but_no_ensemble(
+    monkeypatch,
+):
+    """An embedding module of the user's cannot be drawn afresh for ensemble members."""
+    from torch import nn
+
+    monkeypatch.setattr(sbiflow.NPE, "MAX_TEMPERATURE", 1.0)  # any T > 1 would ask for one
+    torch.manual_seed(1)
+    prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
+    theta = prior.sample((400,))
+    x = theta + 0.1 * torch.randn(400, 2)
+    npe = sbiflow.NPE(prior, embedding_net=nn.Linear(2, 4), hidden_features=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        npe.fit(theta, x, max_epochs=3, progress=False)
+    assert npe.estimator_kind == "nsf"  # below SMALL_BUDGET, and whatever T was chosen
+    assert npe.temperature_choice is not None
+    assert npe.temperature == npe.temperature_choice.temperature

@@ -66,6 +66,8 @@ class NPE(NeuralInference):
     trained again as that ensemble (kept if it is calibrated or checks better). A result
     that is still overconfident raises a
     :class:`~sbiflow.inference.calibration.CalibrationWarning` that says what to do.
+    A flow with an embedding module of your own gets the temperature too, but never the
+    ensemble (its weights cannot be drawn afresh for the members).
     ``docs/calibration.md`` has the measurements behind these choices.
 
     Args:
@@ -198,9 +200,9 @@ class NPE(NeuralInference):
             ``self``, trained; ``self.history`` holds the losses.
         """
         kind, options = self._requested
-        adaptive = (
-            self.calibration_mode == "auto" and kind in ("nsf", "maf") and not self._user_module
-        )
+        adaptive = self.calibration_mode == "auto" and kind in ("nsf", "maf")
+        # an ensemble needs fresh weights for every member: not for a module of the user's
+        ensemble_allowed = adaptive and not self._user_module
         self._use_estimator(kind, options)
         data = {"theta": theta, "x": x, "store": store}
         if store is None and theta is not None and x is not None:
@@ -208,13 +210,14 @@ class NPE(NeuralInference):
             n_valid = int(self._check_training_data(theta, x, quiet=True)[0].shape[0])
         else:
             n_valid = valid_rows(store) if store is not None else 0
-        if adaptive and n_valid < self.SMALL_BUDGET:
+        if ensemble_allowed and n_valid < self.SMALL_BUDGET:
             self._use_ensemble(kind, options)
         self._temper = adaptive and self.estimator_kind == kind
         self.temperature_choice = None
         super().fit(**data, seed=seed, progress=progress, **training_options)
         choice = self.temperature_choice
-        if self._temper and choice is not None and self._needs_ensemble(choice):
+        tempered = self._temper and choice is not None
+        if ensemble_allowed and tempered and self._needs_ensemble(choice):
             if progress:
                 coverage = " / ".join(f"{c:.2f}" for c in choice.coverage)
                 tqdm.write(
