@@ -246,9 +246,9 @@ def run(config: RunConfig) -> dict[str, Any]:
         summary["calibration_check"] = {**check.as_dict(), "summary": check.summary()}
         if getattr(model, "balance", 0.0):
             summary["calibration_check"]["balance"] = model.balance
-        temperature = getattr(model, "temperature_choice", None)
-        if temperature is not None and temperature.temperature != 1.0:
-            summary["calibration_check"]["temperature"] = temperature.temperature
+        temperature = getattr(model, "temperature", 1.0)
+        if temperature != 1.0:
+            summary["calibration_check"]["temperature"] = temperature
     if config.diagnostics.coverage_tests > 0:
         summary["coverage"] = _calibration(config, simulator, model, labels, out, progress)
     with open(os.path.join(out, "summary.json"), "w") as handle:

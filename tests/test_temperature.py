@@ -120,6 +120,20 @@ def test_choose_temperature_rejects_a_bad_grid():
             choose_temperature(q, WIDE_PRIOR, theta, x, grid=grid)
 
 
+def test_bad_pairs_and_temperatures_are_refused():
+    q = random_flow()
+    theta, x = draws_at(q, 1.0, 10, seed=0)
+    with pytest.raises(ValueError, match="must be B pairs"):
+        tempered_hpd_levels(q, WIDE_PRIOR, theta[:9], x, [1.0])
+    with pytest.raises(ValueError, match="must be B pairs"):
+        tempered_hpd_levels(q, WIDE_PRIOR, theta[:, :1], x, [1.0])
+    with pytest.raises(ValueError, match=r"x must be shaped \(B, \*\(3,\)\)"):
+        choose_temperature(q, WIDE_PRIOR, theta, x[:, :2])
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be a positive number"):
+            tempered_hpd_levels(q, WIDE_PRIOR, theta, x, [bad])
+
+
 def test_a_tempered_npe_saves_and_loads(tmp_path):
     prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
     theta = prior.sample((300,))

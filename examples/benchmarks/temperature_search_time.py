@@ -1,0 +1,32 @@
+"""Time of NPE's temperature search (choose_temperature) after one plain NSF fit at 10^4.
+
+    taskset -c 0 python examples/benchmarks/temperature_search_time.py \\
+        | tee docs/results/temperature_search_time.log
+"""
+
+import time
+import warnings
+
+import torch
+
+import sbiflow
+import simulators
+from sbiflow.inference.temperature import choose_temperature
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+for task in ("gaussian_linear", "two_moons"):
+    sim = simulators.get(task)
+    theta, x = sbiflow.simulate(sim, 10_000, seed=0, progress=False)
+    t = time.perf_counter()
+    npe = sbiflow.NPE(sim.prior, calibration="check").fit(theta, x, seed=0, progress=False)
+    fit = time.perf_counter() - t
+    idx = npe.history.validation_index[:1_000]
+    tt, xx = theta[idx][500:], x[idx][500:]
+    t = time.perf_counter()
+    choice = choose_temperature(npe.estimator, sim.prior, tt, xx)
+    print(
+        f"{task}: plain fit {fit:.1f} s; choose_temperature on {choice.num_simulations} "
+        f"validation simulations {time.perf_counter() - t:.1f} s -> T = {choice.temperature:.3f}",
+        flush=True,
+    )
