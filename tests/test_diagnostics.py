@@ -133,6 +133,15 @@ def test_posterior_predictive_p_value_is_uniform_when_x_has_more_elements_than_d
     assert all(check.p_value < 0.05 for check in shifted)  # negative control
 
 
+def test_posterior_predictive_refuses_fewer_than_four_draws(test_set):
+    from sbiflow.diagnostics import posterior_predictive
+
+    sim, _, x = test_set
+    samples = sim.posterior(x[0]).sample((3,))
+    with pytest.raises(ValueError, match="at least 4 draws, got 3"):
+        posterior_predictive(samples, sim, x[0], num_draws=3)
+
+
 def test_calibration_and_predictive_plots_are_written(test_set, tmp_path):
     from sbiflow.diagnostics import posterior_predictive
     from sbiflow.plots import coverage_plot, predictive_plot, rank_plot
