@@ -9,8 +9,12 @@ from torch.distributions import Normal
 
 import sbiflow
 from sbiflow.estimators.flows import FlowEstimator
-from sbiflow.inference.calibration import hpd_levels
-from sbiflow.inference.temperature import choose_temperature, tempered_hpd_levels
+from sbiflow.inference.calibration import coverage_at, hpd_levels, sampled_hpd_levels
+from sbiflow.inference.temperature import (
+    TemperedDraws,
+    choose_temperature,
+    tempered_hpd_levels,
+)
 
 #: So wide that no draw of the flows below falls outside it: coverage is the flow's own.
 WIDE_PRIOR = sbiflow.BoxUniform(-40.0 * torch.ones(2), 40.0 * torch.ones(2))
@@ -67,12 +71,13 @@ def test_temperature_below_one_or_not_finite_is_refused(bad):
 
 
 def test_tempered_levels_agree_with_the_general_check():
-    """The batched tempered HPD levels are the check's statistic (other draws, same law)."""
+    """The batched tempered HPD levels are the general check's statistic (other draws, same
+    law): draws by sampling and densities by log_prob, as for any estimator."""
     q = random_flow(1)
     theta, x = draws_at(q, 1.3, 1_000, seed=3)
     q.set_temperature(1.3)
     torch.manual_seed(0)
-    general = hpd_levels(q, WIDE_PRIOR, theta, x, num_samples=256)
+    general = sampled_hpd_levels(q, WIDE_PRIOR, theta, x, num_samples=256)
     q.set_temperature(1.0)
     torch.manual_seed(1)
     batched = tempered_hpd_levels(q, WIDE_PRIOR, theta, x, [1.3], num_samples=256)[0]
@@ -84,6 +89,62 @@ def test_tempered_levels_agree_with_the_general_check():
     # and the exact posterior (the flow at the temperature that drew θ) is calibrated
     for level in (0.5, 0.68, 0.95):
         assert abs(float((batched < level).float().mean()) - level) < 0.045
+
+
+def test_a_flows_check_takes_the_tempered_route_at_its_own_temperature():
+    q = random_flow(1)
+    theta, x = draws_at(q, 1.3, 200, seed=3)
+    q.set_temperature(1.3)
+    torch.manual_seed(0)
+    routed = hpd_levels(q, WIDE_PRIOR, theta, x, num_samples=64)
+    q.set_temperature(1.0)
+    torch.manual_seed(0)
+    direct = TemperedDraws(q, WIDE_PRIOR, theta, x, num_samples=64).hpd_levels(1.3)
+    assert torch.equal(routed, direct)
+
+
+CUTTING_PRIOR = sbiflow.BoxUniform(-4.0 * torch.ones(2), 6.0 * torch.ones(2))
+
+
+@pytest.mark.parametrize("prior", [WIDE_PRIOR, CUTTING_PRIOR])
+def test_levels_read_by_importance_weights_agree_with_draws_at_the_temperature(prior):
+    """Draws at 1.25 read at 1.1 (weights, no pass) against draws made at 1.1; reading at
+    1.25 itself is the plain statistic; a box prior that cuts many draws (the second case)
+    is honoured by both."""
+    q = random_flow(4)
+    theta, x = draws_at(q, 1.1, 1_000, seed=7)
+    theta = theta.clamp(-3.99, 5.99)
+    torch.manual_seed(0)
+    prepared = TemperedDraws(q, prior, theta, x, num_samples=128)
+    direct = prepared.hpd_levels(1.1)
+    read = prepared.hpd_levels(1.1, drawn_at=1.25)
+    assert torch.equal(prepared.hpd_levels(1.25, drawn_at=1.25), prepared.hpd_levels(1.25))
+    if prior is CUTTING_PRIOR:  # the box does cut: a share of the draws falls outside it
+        _, _, inside = prepared._draw(1.25)[0]
+        assert 0.05 < 1.0 - float(inside.float().mean()) < 0.5
+    assert float((direct - read).abs().mean()) < 0.03  # per simulation, from 128 draws
+    levels = (0.2, 0.5, 0.68, 0.8, 0.95)
+    pairs = zip(coverage_at(direct, levels), coverage_at(read, levels), strict=True)
+    for c_direct, c_read in pairs:
+        assert abs(c_direct - c_read) < 0.025
+    # negative control: the same draws read at a much lower temperature are not the
+    # levels at 1.1
+    assert float((prepared.hpd_levels(0.8, drawn_at=1.25) - direct).abs().mean()) > 0.05
+
+
+def test_effective_share_is_the_gaussian_one():
+    q = random_flow()
+    theta, x = draws_at(q, 1.0, 10, seed=0)
+    prepared = TemperedDraws(q, WIDE_PRIOR, theta, x, num_samples=8)
+    assert prepared.effective_share(1.3, 1.3) == 1.0
+    assert prepared.effective_share(1.0, 0.7) == 0.0  # r² ≤ 1/2: infinite variance
+    # against the empirical effective sample size of the weights, D = 2
+    z = torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0))
+    u = 1.3 * z
+    log_w = -0.5 * u.square().sum(1) / 1.0**2 + 0.5 * z.square().sum(1)
+    w = torch.exp(log_w - log_w.max())
+    empirical = float(w.sum() ** 2 / (w.square().sum() * w.numel()))
+    assert abs(prepared.effective_share(1.0, 1.3) - empirical) < 0.02
 
 
 def test_choose_temperature_recovers_the_temperature_that_drew_the_data():

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from sbiflow.estimators.base import ConditionalEstimator
+from sbiflow.estimators.flows import FlowEstimator
 from sbiflow.priors import in_support
 
 __all__ = [
@@ -159,6 +160,29 @@ def hpd_levels(
 
     Returns:
         ``(B,)``: the share of in-support draws denser than θ* (1 if none fell inside).
+    """
+    if isinstance(estimator, FlowEstimator):
+        # a flow's draws carry their densities: one inverse pass, each x embedded once
+        from sbiflow.inference.temperature import TemperedDraws  # it imports this module
+
+        prepared = TemperedDraws(estimator, prior, theta, x, num_samples, max_rows)
+        return prepared.hpd_levels(estimator.temperature)
+    return sampled_hpd_levels(estimator, prior, theta, x, num_samples, max_rows, max_elements)
+
+
+def sampled_hpd_levels(
+    estimator: ConditionalEstimator,
+    prior: Distribution,
+    theta: Tensor,
+    x: Tensor,
+    num_samples: int = 256,
+    max_rows: int = 8_192,
+    max_elements: int = 2**24,
+) -> Tensor:
+    """:func:`hpd_levels` for any estimator: draws by ``sample_each``, densities by ``log_prob``.
+
+    Args and returns as :func:`hpd_levels` (which takes this route for every estimator but
+    a single flow).
     """
     device = next(estimator.parameters()).device
     x_elements = max(1, x[0].numel()) if x.shape[0] else 1
