@@ -269,7 +269,8 @@ def test_auto_widens_an_overconfident_flow_by_a_temperature(monkeypatch):
 
 @pytest.mark.calibration_defaults
 def test_the_rule_that_sends_a_flow_to_the_ensemble():
-    """Kept: a flow that a small temperature calibrates. Ensemble: one short even at its best
+    """Kept: a flow that a small temperature calibrates, or brings within 0.03 of every level
+    at ``MAX_TEMPERATURE``, where the search stops. Ensemble: one short even at its best
     temperature, or one that needs more than ``MAX_TEMPERATURE`` (its shape is off)."""
     from sbiflow.inference.temperature import TemperatureChoice
 
@@ -282,6 +283,9 @@ def test_the_rule_that_sends_a_flow_to_the_ensemble():
     assert not npe._needs_ensemble(choice(1.12, (0.5, 0.7, 0.95)))
     assert not npe._needs_ensemble(choice(1.12, (0.48, 0.7, 0.95)))  # within 0.03
     assert npe._needs_ensemble(choice(1.3, (0.5, 0.7, 0.95)))
+    # the search stops at the cap: a flow at the cap within 0.03 of every level is kept
+    assert not npe._needs_ensemble(choice(1.15, (0.48, 0.67, 0.95)))
+    assert npe._needs_ensemble(choice(1.15, (0.46, 0.67, 0.95)))
     assert npe._needs_ensemble(choice(1.1, (0.45, 0.7, 0.95)))
 
 

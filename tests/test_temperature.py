@@ -11,7 +11,9 @@ import sbiflow
 from sbiflow.estimators.flows import FlowEstimator
 from sbiflow.inference.calibration import coverage_at, hpd_levels, sampled_hpd_levels
 from sbiflow.inference.temperature import (
+    GRID,
     TemperedDraws,
+    capped_grid,
     choose_temperature,
     tempered_hpd_levels,
 )
@@ -154,6 +156,22 @@ def test_choose_temperature_recovers_the_temperature_that_drew_the_data():
     assert choice.reached and abs(choice.temperature - 1.6) < 0.15, choice
     assert choice.num_simulations == 1_000 and choice.shortfall <= 0.0
     assert q.temperature == 1.0  # choosing does not change the flow
+
+
+def test_a_capped_search_stops_at_the_cap():
+    """NPE caps the search where its ensemble can take over: data that need T = 1.6 get
+    the cap, short of the levels; data that need 1.07 get about that, below the cap."""
+    assert capped_grid(1.15) == (1.0, 1.1, 1.15) and capped_grid(None) == GRID
+    assert capped_grid(float("inf")) == GRID and capped_grid(1.0) == (1.0,)
+    with pytest.raises(ValueError, match="at least 1"):
+        capped_grid(0.9)
+    q = random_flow(2)
+    theta, x = draws_at(q, 1.6, 1_000, seed=4)
+    capped = choose_temperature(q, WIDE_PRIOR, theta, x, grid=capped_grid(1.15))
+    assert capped.temperature == 1.15 and not capped.reached and capped.shortfall > 0.05
+    theta, x = draws_at(q, 1.07, 1_000, seed=8)
+    below = choose_temperature(q, WIDE_PRIOR, theta, x, grid=capped_grid(1.15))
+    assert below.reached and 1.0 < below.temperature < 1.15, below
 
 
 def test_choose_temperature_negative_controls():

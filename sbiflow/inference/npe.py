@@ -18,7 +18,7 @@ from sbiflow.estimators import ConditionalEstimator
 from sbiflow.inference.balanced import BalancedLoss, supports_balance
 from sbiflow.inference.base import NeuralInference
 from sbiflow.inference.calibration import CalibrationCheck, check_calibration
-from sbiflow.inference.temperature import TemperatureChoice, choose_temperature
+from sbiflow.inference.temperature import TemperatureChoice, capped_grid, choose_temperature
 from sbiflow.priors import in_support, validate_theta
 from sbiflow.store import valid_rows
 from sbiflow.training import threads_for
@@ -61,9 +61,10 @@ class NPE(NeuralInference):
     on more simulations is trained alone and then widened, if its coverage falls below a
     nominal level, by the smallest temperature of its base normal that restores every level
     on one half of the validation rows (``sbiflow.inference.temperature``; no retraining);
-    the check stored is made on the other half. A flow that no temperature brings within
-    ``RETRAIN_SHORTFALL`` of every level, or that needs more than ``MAX_TEMPERATURE``, is
-    trained again as that ensemble (kept if it is calibrated or checks better). A result
+    the check stored is made on the other half. The temperature goes no higher than
+    ``MAX_TEMPERATURE``: a flow that no temperature up to it brings within
+    ``RETRAIN_SHORTFALL`` of every level keeps the best of them and is trained again as
+    that ensemble (kept if it is calibrated or checks better). A result
     that is still overconfident raises a
     :class:`~sbiflow.inference.calibration.CalibrationWarning` that says what to do.
     A flow with an embedding module of your own gets the temperature too, but never the
@@ -122,8 +123,10 @@ class NPE(NeuralInference):
     #: rows that chose it) is trained again as the ensemble (the tolerance issue 14 asks of
     #: the defaults; the warning waits for a shortfall beyond chance).
     RETRAIN_SHORTFALL = 0.03
-    #: Nor is a flow kept that needs a temperature above this: its shape, not only its
-    #: width, is off, and widening it costs accuracy (two_moons at 10⁴: T = 1.25 raised
+    #: Nor does a flow get a temperature above this where the ensemble can take over: the
+    #: search stops here, and a flow still short of a level by more than
+    #: ``RETRAIN_SHORTFALL`` gets the ensemble. One that needs more has its shape, not only
+    #: its width, off, and widening it costs accuracy (two_moons at 10⁴: T = 1.25 raised
     #: C2ST from 0.536 to 0.603, where the ensemble keeps 0.548; docs/calibration.md).
     MAX_TEMPERATURE = 1.15
 
@@ -216,6 +219,9 @@ class NPE(NeuralInference):
         if ensemble_allowed and n_valid < self.SMALL_BUDGET:
             self._use_ensemble(kind, options)
         self._temper = adaptive and self.estimator_kind == kind
+        # the search stops at the largest temperature a flow may keep where the ensemble
+        # can take over; a user's module has no ensemble to fall back on
+        self._temperature_cap = self.MAX_TEMPERATURE if ensemble_allowed else None
         self.temperature_choice = None
         super().fit(**data, seed=seed, progress=progress, **training_options)
         choice = self.temperature_choice
@@ -288,6 +294,7 @@ class NPE(NeuralInference):
                 self.prior,
                 theta[tuning].to(self.device),
                 x[tuning].to(self.device),
+                grid=capped_grid(getattr(self, "_temperature_cap", None)),
             )
         self.temperature_choice = choice
         estimator.set_temperature(choice.temperature)

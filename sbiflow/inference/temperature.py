@@ -43,6 +43,7 @@ __all__ = [
     "MIN_EFFECTIVE_SHARE",
     "TemperatureChoice",
     "TemperedDraws",
+    "capped_grid",
     "choose_temperature",
     "tempered_hpd_levels",
 ]
@@ -53,6 +54,19 @@ GRID = (1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
 #: Bisection reweighs the draws of the bracket's upper end while their effective sample
 #: size stays above this share (a 10-dimensional flow keeps 0.86 across [1, 1.1]).
 MIN_EFFECTIVE_SHARE = 0.25
+
+
+def capped_grid(cap: float | None, grid: Sequence[float] = GRID) -> tuple[float, ...]:
+    """``grid`` below ``cap``, then ``cap`` itself (``None`` or infinite: the whole grid).
+
+    Raises:
+        ValueError: If ``cap`` is below 1.
+    """
+    if cap is None or math.isinf(cap):
+        return tuple(grid)
+    if not cap >= 1.0:
+        raise ValueError(f"A temperature cap must be at least 1, got {cap}.")
+    return tuple(t for t in grid if t < cap) + (float(cap),)
 
 
 @dataclass(frozen=True)
