@@ -49,6 +49,10 @@ def test_exact_posterior_is_calibrated(test_set):
     ranks = sbc(posterior, theta, x, NUM_SAMPLES, progress=False)
     assert ranks.ranks.shape == (NUM_TESTS, 2)
     assert (ranks.ks_pvalues > 0.01).all()
+    assert ranks.c2st_ranks is None  # sbi's classifier checks only when asked for
+    checked = sbc(posterior, theta, x, NUM_SAMPLES, progress=False, c2st_checks=True)
+    assert checked.c2st_ranks.shape == (2,) and (checked.c2st_ranks < 0.6).all()
+    assert torch.equal(checked.ks_pvalues, ranks.ks_pvalues)  # same seed, same ranks
 
 
 def test_too_narrow_and_too_wide_posteriors_are_flagged(test_set):

@@ -71,9 +71,10 @@ def test_mcmc_posterior_with_iid_trials_matches_analytic(trained, trials):
     # is 3x narrower than one trial's).
     assert ((samples.mean(0) - exact.mean) / std).abs().max() < 0.3
     assert (samples.std(0) / std).log().abs().max() < math.log(1.25)
-    assert c2st(reference, samples) < 0.6
+    # two folds, not five: each sample scored once, in a quarter of the time (tests/test_npe.py)
+    assert c2st(reference, samples, n_folds=2) < 0.6
     # negative control: the posterior of one trial only is far too wide for ten
-    assert c2st(reference, sim.posterior(trials[:1]).sample((2_000,))) > 0.6
+    assert c2st(reference, sim.posterior(trials[:1]).sample((2_000,)), n_folds=2) > 0.6
 
 
 def posterior_mean_shift(log_likelihood, sim, trials, n: int = 4_000) -> float:

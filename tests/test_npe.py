@@ -29,6 +29,11 @@ C2ST_SAMPLES = 2_000  # per set: the 10-d classifier of sbibm's C2ST is slow on 
 # The negative control's shifted posterior is far from the threshold (C2ST ~0.8 against
 # 0.6): half the samples show it, in half the time.
 NEGATIVE_C2ST_SAMPLES = 1_000
+# Two folds instead of the benchmark's five: every sample is still scored once, by a
+# classifier trained on the other half (here 11.6 s instead of 48.8 s for 2 x 2,000 in
+# 10-d; the statistic agreed within 0.02 on same and shifted sets); the negative control
+# shows the test keeps its power.
+C2ST_FOLDS = 2
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,7 @@ def test_npe_matches_analytic_gaussian_linear_posterior(gaussian_linear_npe):
     mean_error, log_std_ratio = moment_errors(samples, reference.mean(0), reference.std(0))
     assert mean_error < MEAN_TOL
     assert log_std_ratio < LOG_STD_TOL
-    assert c2st(reference[:C2ST_SAMPLES], samples[:C2ST_SAMPLES]) < C2ST_TOL
+    assert c2st(reference[:C2ST_SAMPLES], samples[:C2ST_SAMPLES], n_folds=C2ST_FOLDS) < C2ST_TOL
 
 
 def test_negative_controls_fail_the_same_checks(gaussian_linear_npe):
@@ -68,7 +73,10 @@ def test_negative_controls_fail_the_same_checks(gaussian_linear_npe):
     shifted = exact + 0.4 * std
     assert moment_errors(too_narrow, mean, std)[1] > LOG_STD_TOL
     assert moment_errors(shifted, mean, std)[0] > MEAN_TOL
-    assert c2st(reference[:NEGATIVE_C2ST_SAMPLES], shifted[:NEGATIVE_C2ST_SAMPLES]) > C2ST_TOL
+    shifted_score = c2st(
+        reference[:NEGATIVE_C2ST_SAMPLES], shifted[:NEGATIVE_C2ST_SAMPLES], n_folds=C2ST_FOLDS
+    )
+    assert shifted_score > C2ST_TOL
 
 
 def test_log_prob_matches_analytic_density(gaussian_linear_npe):
