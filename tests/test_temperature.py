@@ -160,7 +160,8 @@ def test_choose_temperature_recovers_the_temperature_that_drew_the_data():
 
 def test_a_capped_search_stops_at_the_cap():
     """NPE caps the search where its ensemble can take over: data that need T = 1.6 get
-    the cap, short of the levels; data that need 1.07 get about that, below the cap."""
+    the cap, short of the levels; data that need 1.2 get the smallest T within 0.03 of
+    every level if asked; data that need 1.07 get about that, below the cap."""
     assert capped_grid(1.15) == (1.0, 1.1, 1.15) and capped_grid(None) == GRID
     assert capped_grid(float("inf")) == GRID and capped_grid(1.0) == (1.0,)
     with pytest.raises(ValueError, match="at least 1"):
@@ -169,6 +170,16 @@ def test_a_capped_search_stops_at_the_cap():
     theta, x = draws_at(q, 1.6, 1_000, seed=4)
     capped = choose_temperature(q, WIDE_PRIOR, theta, x, grid=capped_grid(1.15))
     assert capped.temperature == 1.15 and not capped.reached and capped.shortfall > 0.05
+    # far short at the cap: settling for 0.03 changes nothing
+    settle = {"grid": capped_grid(1.15), "within": 0.03}
+    assert choose_temperature(q, WIDE_PRIOR, theta, x, **settle) == capped
+    # just short at the cap: the smallest T within 0.03 of every level, below the cap
+    theta, x = draws_at(q, 1.2, 1_000, seed=9)
+    at_cap = choose_temperature(q, WIDE_PRIOR, theta, x, grid=capped_grid(1.15))
+    assert at_cap.temperature == 1.15 and 0.0 < at_cap.shortfall <= 0.03, at_cap
+    settled = choose_temperature(q, WIDE_PRIOR, theta, x, **settle)
+    assert not settled.reached and settled.shortfall <= 0.03
+    assert 1.0 < settled.temperature < 1.15, settled
     theta, x = draws_at(q, 1.07, 1_000, seed=8)
     below = choose_temperature(q, WIDE_PRIOR, theta, x, grid=capped_grid(1.15))
     assert below.reached and 1.0 < below.temperature < 1.15, below

@@ -288,13 +288,17 @@ class NPE(NeuralInference):
         checked = min(self.CALIBRATION_SIMULATIONS, n // 2)
         tuning = slice(checked, checked + self.TEMPERATURE_SIMULATIONS)
         estimator = self._trained()
+        # capped where the ensemble can take over: a flow that reaches no level up to the
+        # cap but comes within RETRAIN_SHORTFALL of each is widened only as far as that
+        cap = getattr(self, "_temperature_cap", None)
         with threads_for(estimator):
             choice = choose_temperature(
                 estimator,
                 self.prior,
                 theta[tuning].to(self.device),
                 x[tuning].to(self.device),
-                grid=capped_grid(getattr(self, "_temperature_cap", None)),
+                grid=capped_grid(cap),
+                within=None if cap is None else self.RETRAIN_SHORTFALL,
             )
         self.temperature_choice = choice
         estimator.set_temperature(choice.temperature)

@@ -260,6 +260,7 @@ def choose_temperature(
     grid: Sequence[float] = GRID,
     tolerance: float = 0.02,
     seed: int = 0,
+    within: float | None = None,
 ) -> TemperatureChoice:
     """The smallest temperature whose coverage reaches every level on ``(theta, x)``.
 
@@ -273,7 +274,9 @@ def choose_temperature(
     without end: a posterior that is wrong in its location rather than its width, widened
     until the prior's bounds cut it, can lose coverage again. If no temperature on the grid
     reaches every level, the one with the smallest shortfall is returned (``reached`` is
-    then false).
+    then false) — or, if that one comes within ``within`` of every level, the smallest
+    temperature that does: past nominal reach, a flow is widened no further than the
+    tolerance needs, since every step wider costs accuracy.
 
     Args:
         estimator: A trained flow q(θ | x).
@@ -285,6 +288,8 @@ def choose_temperature(
         grid: Increasing temperatures ≥ 1 to try first, starting at 1.
         tolerance: Bisection stops when the bracket is this narrow (relative to T).
         seed: Seed of the base draws (the same draws at every T).
+        within: A shortfall to settle for when no temperature on the grid reaches every
+            level (``None``: the grid's best).
 
     Returns:
         The choice: T, the coverage at T on these simulations (read by importance weights
@@ -307,26 +312,35 @@ def choose_temperature(
     def shortfall(temperature: float) -> float:
         return max(lv - c for lv, c in zip(levels, cache[temperature], strict=True))
 
+    def at(temperature: float, drawn_at: float | None = None) -> float:
+        """The shortfall at ``temperature``, evaluated once."""
+        return shortfall(temperature) if temperature in cache else evaluate(temperature, drawn_at)
+
     # T = 1 read from the draws at the grid's next step, which the search then needs anyway
     first = grid[1] if len(grid) > 1 else None
     if first is not None and prepared.effective_share(1.0, first) < MIN_EFFECTIVE_SHARE:
         first = None
-    if evaluate(1.0, first) <= 0.0:
-        high = 1.0
-    else:
-        high = next((t for t in grid[1:] if evaluate(t) <= 0.0), None)
-    if high is None:
-        chosen = min(grid, key=shortfall)
-    elif high == 1.0:
-        chosen = 1.0
-    else:
+
+    def smallest(target: float) -> float | None:
+        """The smallest T (to ``tolerance``) whose shortfall is at most ``target``."""
+        if at(1.0, first) <= target:
+            return 1.0
+        high = next((t for t in grid[1:] if at(t) <= target), None)
+        if high is None:
+            return None
         low = grid[grid.index(high) - 1]
         reweigh = prepared.effective_share(low, high) >= MIN_EFFECTIVE_SHARE
         drawn_at = high if reweigh else None
         while high / low - 1.0 > tolerance:  # low falls short, high reaches
             middle = math.sqrt(low * high)
-            low, high = (low, middle) if evaluate(middle, drawn_at) <= 0.0 else (middle, high)
-        chosen = high
+            low, high = (low, middle) if at(middle, drawn_at) <= target else (middle, high)
+        return high
+
+    chosen = smallest(0.0)
+    if chosen is None:
+        best = min(grid, key=shortfall)
+        near = within is not None and shortfall(best) <= within
+        chosen = smallest(within) if near else best
     return TemperatureChoice(
         temperature=chosen,
         coverage=cache[chosen],
