@@ -1,8 +1,9 @@
 """Time of NPE's temperature search and calibration check after one plain NSF fit at 10^4.
 
 The fit runs with ``calibration="off"``; then ``choose_temperature`` on 500 validation
-simulations and the check (``npe.check_calibration``, 256 draws each) on the 500 others,
-timed apart, as ``calibration="auto"`` runs them after a fit of 5,000 simulations or more.
+simulations and the check (``npe.check_calibration``, ``NPE.CALIBRATION_DRAWS`` draws
+each) on the 500 others, timed apart, as ``calibration="auto"`` runs them after a fit of
+5,000 simulations or more.
 
     taskset -c 0 python examples/benchmarks/temperature_search_time.py \\
         | tee docs/results/temperature_search_time.log
@@ -32,7 +33,9 @@ for task in ("gaussian_linear", "two_moons"):
     search = time.perf_counter() - t
     npe.estimator.set_temperature(choice.temperature)
     t = time.perf_counter()
-    check = npe.check_calibration(theta[idx][:500], x[idx][:500], warn=False)
+    check = npe.check_calibration(
+        theta[idx][:500], x[idx][:500], num_samples=npe.CALIBRATION_DRAWS, warn=False
+    )
     checked = time.perf_counter() - t
     print(
         f"{task}: plain fit {fit:.1f} s; choose_temperature on {choice.num_simulations} "
