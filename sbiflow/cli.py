@@ -402,7 +402,7 @@ def _calibration(
 ) -> dict[str, float]:
     """Expected coverage and SBC ranks over fresh simulations; writes their plots."""
     import sbiflow
-    from sbiflow.diagnostics import expected_coverage, sbc
+    from sbiflow.diagnostics import sbc_and_coverage
     from sbiflow.plots import coverage_plot, rank_plot
 
     theta, x = sbiflow.simulate(
@@ -412,8 +412,7 @@ def _calibration(
         workers=config.simulation.workers,
         progress=progress,
     )
-    coverage = expected_coverage(npe, theta, x, progress=progress)
-    ranks = sbc(npe, theta, x, progress=progress)
+    ranks, coverage = sbc_and_coverage(npe, theta, x, progress=progress)
     _close(
         coverage_plot(coverage, path=os.path.join(out, "coverage.png")),
         rank_plot(ranks, labels=labels, path=os.path.join(out, "ranks.png")),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import simulators
-from sbiflow.diagnostics import expected_coverage, sbc, tarp
+from sbiflow.diagnostics import expected_coverage, sbc, sbc_and_coverage, tarp
 
 NUM_TESTS, NUM_SAMPLES = 400, 500
 LEVELS = (0.5, 0.68, 0.95)
@@ -53,6 +53,11 @@ def test_exact_posterior_is_calibrated(test_set):
     checked = sbc(posterior, theta, x, NUM_SAMPLES, progress=False, c2st_checks=True)
     assert checked.c2st_ranks.shape == (2,) and (checked.c2st_ranks < 0.6).all()
     assert torch.equal(checked.ks_pvalues, ranks.ks_pvalues)  # same seed, same ranks
+    # both from one set of draws: the same ranks, levels and coverage as the two calls
+    both, covered = sbc_and_coverage(posterior, theta, x, LEVELS, NUM_SAMPLES, progress=False)
+    assert torch.equal(both.ranks, ranks.ranks) and torch.equal(both.ks_pvalues, ranks.ks_pvalues)
+    assert torch.equal(covered.hpd_levels, result.hpd_levels)
+    assert torch.equal(covered.coverage, result.coverage)
 
 
 def test_too_narrow_and_too_wide_posteriors_are_flagged(test_set):
