@@ -144,6 +144,29 @@ class SBCResult:
     dap_samples: Tensor
 
 
+def _test_pairs(theta: Tensor, x: Tensor) -> None:
+    """Refuse test pairs that are not B parameters ``(B, D)`` with B simulations."""
+    if theta.ndim != 2 or x.ndim < 2 or x.shape[0] != theta.shape[0] or theta.shape[0] == 0:
+        raise ValueError(
+            f"theta ({tuple(theta.shape)}) and x ({tuple(x.shape)}) must be B > 0 test pairs: "
+            "theta shaped (B, D), x shaped (B, *x_shape)."
+        )
+
+
+def _levels(levels: Sequence[float]) -> Tensor:
+    """Credibility levels ``(L,)``, each in (0, 1)."""
+    levels_t = torch.as_tensor(list(levels), dtype=torch.float32)
+    if levels_t.ndim != 1 or not bool(((levels_t > 0) & (levels_t < 1)).all()):
+        raise ValueError(f"Credibility levels must lie in (0, 1), got {list(levels)}.")
+    return levels_t
+
+
+def _coverage(hpd: Tensor, levels: Tensor) -> CoverageResult:
+    """Coverage at each level ``(L,)`` from the HPD level of every test parameter ``(B,)``."""
+    coverage = (hpd[None, :] < levels[:, None]).float().mean(dim=1)
+    return CoverageResult(levels, coverage, hpd)
+
+
 def sbc(
     posterior: Posterior,
     theta: Tensor,
@@ -172,6 +195,7 @@ def sbc(
     from sbi.diagnostics import run_sbc
     from sbi.diagnostics.sbc import check_sbc, check_uniformity_frequentist
 
+    _test_pairs(theta, x)
     view = _SbiView(posterior, seed, progress)
     ranks, dap = run_sbc(theta, x, view, num_posterior_samples, show_progress_bar=progress)
     if c2st_checks:
@@ -232,6 +256,8 @@ def expected_coverage(
     """
     from sbi.diagnostics import run_sbc
 
+    _test_pairs(theta, x)
+    levels_t = _levels(levels)
     view = _SbiView(posterior, seed, progress)
     ranks, _ = run_sbc(
         theta,
@@ -241,10 +267,7 @@ def expected_coverage(
         reduce_fns=view.negative_log_prob,
         show_progress_bar=progress,
     )
-    hpd = ranks[:, 0] / num_posterior_samples  # share of samples denser than θ*
-    levels_t = torch.as_tensor(list(levels), dtype=torch.float32)
-    coverage = (hpd[None, :] < levels_t[:, None]).float().mean(dim=1)
-    return CoverageResult(levels_t, coverage, hpd)
+    return _coverage(ranks[:, 0] / num_posterior_samples, levels_t)
 
 
 def sbc_and_coverage(
@@ -277,6 +300,8 @@ def sbc_and_coverage(
     from sbi.diagnostics import run_sbc
     from sbi.diagnostics.sbc import check_uniformity_frequentist
 
+    _test_pairs(theta, x)
+    levels_t = _levels(levels)
     view = _SbiView(posterior, seed, progress)
     dim = int(theta.shape[1])
     marginals = [lambda t, _x, i=i: t[:, i] for i in range(dim)]
@@ -291,10 +316,7 @@ def sbc_and_coverage(
     marginal_ranks = ranks[:, :dim]
     ks_pvalues = check_uniformity_frequentist(marginal_ranks, num_posterior_samples)
     sbc_result = SBCResult(marginal_ranks, num_posterior_samples, ks_pvalues, None, dap)
-    hpd = ranks[:, dim] / num_posterior_samples
-    levels_t = torch.as_tensor(list(levels), dtype=torch.float32)
-    coverage = (hpd[None, :] < levels_t[:, None]).float().mean(dim=1)
-    return sbc_result, CoverageResult(levels_t, coverage, hpd)
+    return sbc_result, _coverage(ranks[:, dim] / num_posterior_samples, levels_t)
 
 
 def tarp(

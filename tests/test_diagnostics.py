@@ -207,3 +207,15 @@ def test_calibration_over_test_simulations_does_not_warn_about_the_training_rang
     # and the filter is gone afterwards
     with pytest.warns(UserWarning, match="outside the range of the training simulations"):
         quick_npe.sample(10, x=x[0], seed=0)
+
+
+@pytest.mark.parametrize("diagnostic", [sbc, expected_coverage, sbc_and_coverage])
+def test_bad_test_pairs_and_levels_are_refused(test_set, diagnostic):
+    sim, theta, x = test_set
+    posterior = ScaledGaussianPosterior(sim, 1.0)
+    for bad_theta, bad_x in [(theta[:5], x[:4]), (theta[:5, 0], x[:5]), (theta[:0], x[:0])]:
+        with pytest.raises(ValueError, match="must be B > 0 test pairs"):
+            diagnostic(posterior, bad_theta, bad_x, num_posterior_samples=10, progress=False)
+    if diagnostic is not sbc:
+        with pytest.raises(ValueError, match=r"levels must lie in \(0, 1\)"):
+            diagnostic(posterior, theta[:5], x[:5], (0.5, 1.5), 10, progress=False)

@@ -222,6 +222,11 @@ def test_bad_pairs_and_temperatures_are_refused():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="temperature must be a positive number"):
             tempered_hpd_levels(q, WIDE_PRIOR, theta, x, [bad])
+        with pytest.raises(ValueError, match="temperature must be a positive number"):
+            TemperedDraws(q, WIDE_PRIOR, theta, x, num_samples=4).hpd_levels(1.0, drawn_at=bad)
+    for bad in (-0.01, float("nan")):
+        with pytest.raises(ValueError, match="within must be a shortfall >= 0"):
+            choose_temperature(q, WIDE_PRIOR, theta, x, within=bad)
 
 
 def test_a_tempered_npe_saves_and_loads(tmp_path):

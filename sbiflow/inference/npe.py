@@ -219,9 +219,6 @@ class NPE(NeuralInference):
         if ensemble_allowed and n_valid < self.SMALL_BUDGET:
             self._use_ensemble(kind, options)
         self._temper = adaptive and self.estimator_kind == kind
-        # the search stops at the largest temperature a flow may keep where the ensemble
-        # can take over; a user's module has no ensemble to fall back on
-        self._temperature_cap = self.MAX_TEMPERATURE if ensemble_allowed else None
         self.temperature_choice = None
         super().fit(**data, seed=seed, progress=progress, **training_options)
         choice = self.temperature_choice
@@ -288,9 +285,10 @@ class NPE(NeuralInference):
         checked = min(self.CALIBRATION_SIMULATIONS, n // 2)
         tuning = slice(checked, checked + self.TEMPERATURE_SIMULATIONS)
         estimator = self._trained()
-        # capped where the ensemble can take over: a flow that reaches no level up to the
-        # cap but comes within RETRAIN_SHORTFALL of each is widened only as far as that
-        cap = getattr(self, "_temperature_cap", None)
+        # capped where the ensemble can take over (not for a user's module): a flow that
+        # reaches no level up to the cap but comes within RETRAIN_SHORTFALL of each is
+        # widened only as far as that
+        cap = None if self._user_module else self.MAX_TEMPERATURE
         with threads_for(estimator):
             choice = choose_temperature(
                 estimator,

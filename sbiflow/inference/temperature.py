@@ -298,6 +298,8 @@ def choose_temperature(
     grid = tuple(float(t) for t in grid)
     if not grid or grid[0] != 1.0 or any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
         raise ValueError(f"grid must increase from 1, got {grid}.")
+    if within is not None and not within >= 0.0:
+        raise ValueError(f"within must be a shortfall >= 0, got {within}.")
     levels = tuple(float(level) for level in levels)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
