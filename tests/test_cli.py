@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,7 @@ def test_every_physics_config_ships():
 
 
 def test_nle_run_samples_with_emcee_and_reports_the_evidence(tmp_path):
+    """An NLE run end to end: emcee posterior, dynesty evidence, and the report's sections."""
     out = tmp_path / "out"
     assert main(["run", str(write(tmp_path, NLE_RUN.format(out=out)))]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -187,6 +189,22 @@ def test_nle_run_samples_with_emcee_and_reports_the_evidence(tmp_path):
     assert np.allclose(samples.mean(axis=0), [0.05, -0.1], atol=0.03)
     assert np.allclose(samples.std(axis=0), np.sqrt(0.05), rtol=0.1)
     assert "dynesty: log Z" in (out / "summary.txt").read_text()
+    # the report of an NLE run: emcee traces, the nested run, the predictive check
+    for name in ("traces.png", "nested_run.png", "ppc.png", "report.html"):
+        assert (out / name).is_file(), name
+    assert summary["posterior_predictive"]["draws"] == 100
+    assert 0 <= summary["posterior_predictive"]["p_value"] <= 1
+    html = (out / "report.html").read_text()
+    assert re.findall(r"<h2>([^<]*)</h2>", html) == [
+        "Summary",
+        "Posterior",
+        "Posterior predictive check",
+        "Evidence (nested sampling)",
+        "MCMC (emcee)",
+        "Training",
+    ]
+    assert html.count('<img src="data:image/png;base64,') == 5
+    assert f"{evidence['log_z_exact']:.4g}" in html
 
 
 def test_version_and_simulator_listing(capsys):

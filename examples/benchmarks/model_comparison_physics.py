@@ -34,12 +34,18 @@ Targets (issue 12): z <= 2 for >= 90% of datasets, decisions agree for >= 97%.
         --out docs/results/model_comparison_physics.json \\
         | tee docs/results/model_comparison_physics.log
     python examples/benchmarks/model_comparison_physics.py --quick --out /tmp/mcp.json  # smoke test
+
+``--exact-from JSON`` takes the exact-likelihood log K of each test dataset from an earlier
+run's results (same pair, seed and dataset parameters; dynesty is the slow part, and it does
+not depend on the classifier) and runs dynesty only for the others; ``--mc-options`` passes
+``ModelComparison`` options (e.g. ``'{"loss": "exponential"}'``) to every pair.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import sys
 import time
@@ -100,7 +106,7 @@ def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
     sims = {m: simulators.get(simulator, model=m, **options) for m in models}
     first, second = models
     started = time.perf_counter()
-    mc = ModelComparison(sims, ensemble=args.ensemble, **mc_options)
+    mc = ModelComparison(sims, ensemble=args.ensemble, **(mc_options | args.mc_options))
     training = {"max_epochs": budget["max_epochs"]} if budget["max_epochs"] else {}
     mc.fit(budget["n_per_model"], seed=args.seed, progress=False, **training)
     fit_seconds = time.perf_counter() - started
@@ -128,6 +134,7 @@ def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
         "models": list(models),
         "n_per_model": budget["n_per_model"],
         "ensemble": args.ensemble,
+        "mc_options": mc_options | args.mc_options,
         "nlive": budget["nlive"],
         "calibration_per_model": budget["calibration"],
         "datasets_planned": budget["datasets"],
@@ -140,7 +147,8 @@ def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
         "datasets": [],
     }
     tests = test_datasets(sims, budget["datasets"], args.seed)
-    return {"mc": mc, "tests": tests, "result": result}
+    exact = earlier_exact(args.exact_from, pair, args.seed)
+    return {"mc": mc, "tests": tests, "result": result, "exact": exact}
 
 
 def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> dict:
@@ -148,39 +156,62 @@ def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> d
     mc, result = state["mc"], state["result"]
     first, second = result["models"]
     truth, theta, x = state["tests"][j]
+    theta_rounded = [round(float(t), 4) for t in theta]
     started = time.perf_counter()
-    check = mc.evidence_crosscheck(
-        x,
-        emulator=False,
-        exact=True,
-        nested_options={"nlive": result["nlive"]},
-        seed=args.seed * 1000 + j,
-    )
-    (p,) = check.pairs
-    assert (p.a, p.b) == (second, first)
-    exact = p.nested["exact"]
+    earlier = state["exact"].get((j, truth, tuple(theta_rounded)))
+    if earlier is None:
+        check = mc.evidence_crosscheck(
+            x,
+            emulator=False,
+            exact=True,
+            nested_options={"nlive": result["nlive"]},
+            seed=args.seed * 1000 + j,
+        )
+        (p,) = check.pairs
+        assert (p.a, p.b) == (second, first)
+        exact = p.nested["exact"]
+        classifier, classifier_err, z = p.classifier, p.classifier_err, p.tension("exact")
+        log_k_exact, err_exact = exact.log_z, exact.err
+        log_z_exact = {
+            m: {"log_z": e.log_z, "err": e.err} for m, e in check.evidences["exact"].items()
+        }
+    else:
+        classifier, classifier_err = mc.log_bayes_factor(x, second, first, return_std=True)
+        log_k_exact, err_exact = earlier["log_k_exact"], earlier["err_exact"]
+        log_z_exact = earlier["log_z_exact"]
+        z = abs(classifier - log_k_exact) / math.sqrt(classifier_err**2 + err_exact**2)
     row = {
         "model": truth,
-        "theta": [round(float(t), 4) for t in theta],
-        "log_k_classifier": p.classifier,
-        "err_classifier": p.classifier_err,
-        "log_k_exact": exact.log_z,
-        "err_exact": exact.err,
-        "log_z_exact": {
-            m: {"log_z": e.log_z, "err": e.err} for m, e in check.evidences["exact"].items()
-        },
-        "z": p.tension("exact"),
-        "decision_classifier": decision(p.classifier),
-        "decision_exact": decision(exact.log_z),
+        "theta": theta_rounded,
+        "log_k_classifier": classifier,
+        "err_classifier": classifier_err,
+        "log_k_exact": log_k_exact,
+        "err_exact": err_exact,
+        "log_z_exact": log_z_exact,
+        "exact_from_earlier_run": earlier is not None,
+        "z": z,
+        "decision_classifier": decision(classifier),
+        "decision_exact": decision(log_k_exact),
         "seconds": time.perf_counter() - started,
     }
     print(
-        f"[{pair}] dataset {j:2d} ({truth:>10}): log K classifier {p.classifier:8.3f} ± "
-        f"{p.classifier_err:.3f}, exact {exact.log_z:8.3f} ± {exact.err:.3f}, "
+        f"[{pair}] dataset {j:2d} ({truth:>10}): log K classifier {classifier:8.3f} ± "
+        f"{classifier_err:.3f}, exact {log_k_exact:8.3f} ± {err_exact:.3f}, "
         f"z {row['z']:5.2f} ({row['seconds']:.0f} s)",
         flush=True,
     )
     return row
+
+
+def earlier_exact(path: str | None, pair: str, seed: int) -> dict:
+    """Exact log K of an earlier run's datasets of ``pair``: {(j, model, theta): row}."""
+    if not path:
+        return {}
+    earlier = json.loads(Path(path).read_text())
+    if earlier.get("args", {}).get("seed", 0) != seed:
+        return {}
+    rows = [d for r in earlier["results"] if r.get("pair") == pair for d in r.get("datasets", [])]
+    return {(j, d["model"], tuple(d["theta"])): d for j, d in enumerate(rows)}
 
 
 def summarize(datasets: list[dict]) -> dict:
@@ -262,6 +293,12 @@ def main() -> None:
         "--deadline",
         default=None,
         help="HH:MM (local time): start no test dataset after it; the table says how many ran",
+    )
+    parser.add_argument(
+        "--exact-from", default=None, help="JSON of an earlier run: reuse its exact log K"
+    )
+    parser.add_argument(
+        "--mc-options", type=json.loads, default={}, help="JSON: ModelComparison options"
     )
     parser.add_argument(
         "--figures", default=None, help="folder of the reliability plots (default: that of --out)"
