@@ -38,7 +38,9 @@ Targets (issue 12): z <= 2 for >= 90% of datasets, decisions agree for >= 97%.
 ``--exact-from JSON`` takes the exact-likelihood log K of each test dataset from an earlier
 run's results (same pair, seed and dataset parameters; dynesty is the slow part, and it does
 not depend on the classifier) and runs dynesty only for the others; ``--mc-options`` passes
-``ModelComparison`` options (e.g. ``'{"loss": "exponential"}'``) to every pair.
+``ModelComparison`` options (e.g. ``'{"loss": "exponential"}'``) to every pair and
+``--sim-options`` simulator options (e.g. ``'{"transform": "anscombe"}'`` for the collider:
+a one-to-one transform of x, so log K and the earlier exact values are unchanged).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def test_datasets(sims: dict, n: int, seed: int) -> list[tuple[str, torch.Tensor
 def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
     """Train the classifier of one pair and check its calibration; the test datasets to come."""
     simulator, models, options, mc_options = PAIRS[pair]
-    sims = {m: simulators.get(simulator, model=m, **options) for m in models}
+    sims = {m: simulators.get(simulator, model=m, **(options | args.sim_options)) for m in models}
     first, second = models
     started = time.perf_counter()
     mc = ModelComparison(sims, ensemble=args.ensemble, **(mc_options | args.mc_options))
@@ -135,6 +137,7 @@ def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
         "n_per_model": budget["n_per_model"],
         "ensemble": args.ensemble,
         "mc_options": mc_options | args.mc_options,
+        "simulator_options": options | args.sim_options,
         "nlive": budget["nlive"],
         "calibration_per_model": budget["calibration"],
         "datasets_planned": budget["datasets"],
@@ -299,6 +302,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--mc-options", type=json.loads, default={}, help="JSON: ModelComparison options"
+    )
+    parser.add_argument(
+        "--sim-options", type=json.loads, default={}, help="JSON: simulator options"
     )
     parser.add_argument(
         "--figures", default=None, help="folder of the reliability plots (default: that of --out)"
