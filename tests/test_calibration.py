@@ -289,6 +289,8 @@ def test_the_rule_that_sends_a_flow_to_the_ensemble():
     assert npe._needs_ensemble(choice(1.1, (0.45, 0.7, 0.95)))
 
 
+# ~20 s, six trainings: slow; test_the_rule_that_sends_a_flow_to_the_ensemble checks the rule
+@pytest.mark.slow
 @pytest.mark.calibration_defaults
 def test_auto_retrains_a_flow_no_temperature_fixes_as_an_ensemble(monkeypatch):
     """A flow wrong in more than its width (here overfitted) is trained again as an ensemble."""

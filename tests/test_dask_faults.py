@@ -242,6 +242,8 @@ def _kill_driver_then_resume(
     assert SimulationStore.open(path).done.all()
 
 
+# ~20 s: slow; tests/test_simulate.py checks resuming an interrupted run by default
+@pytest.mark.slow
 def test_driver_killed_then_resumed_on_cluster(tmp_path: Path, client: distributed.Client) -> None:
     """10^5 simulations; the driver dies with a fifth of them in the store; the rerun resumes."""
     address = client.scheduler.address

@@ -226,6 +226,7 @@ def test_kinematic_set_refuses_shapes_without_a_velocity_and_a_covariate():
         KinematicSetEmbedding((10, 4), velocity_column=3)
 
 
+@pytest.mark.slow  # ~20 s of training; the tests above check the embedding itself
 def test_kinematic_set_npe_learns_a_velocity_dispersion():
     """log sigma ~ U(-1, 1), stars with v ~ N(0, sigma^2 (1 + R)): the posterior narrows on sigma.
 
