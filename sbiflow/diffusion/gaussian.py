@@ -18,12 +18,13 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from sbiflow.diffusion.covariance import Covariance, EigenCovariance
 from sbiflow.diffusion.operators import GaussianNoise, LinearOperator, as_operator
+from sbiflow.diffusion.standardized import StandardizedPrior
 from sbiflow.estimators.sde import SDE, VPSDE
 
 __all__ = ["GaussianScorePrior", "gaussian_posterior", "wiener_filter"]
 
 
-class GaussianScorePrior:
+class GaussianScorePrior(StandardizedPrior):
     r"""A Gaussian prior over z as a diffusion model with the exact denoiser.
 
     The diffusion runs on the standardized :math:`u = (z - \mu) / s` (``s`` the prior's
@@ -118,54 +119,6 @@ class GaussianScorePrior:
         """
         m, s = self.sde.mean_scale(t.double()), self.sde.std(t.double())
         return self.covariance.apply(u, lambda lam: m * lam / (m**2 * lam + s**2))
-
-    def baseline_tweedie(self, v: Tensor, t: Tensor) -> Tensor:
-        r""":math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2 C + \sigma^2)^{-1} v` (exact).
-
-        Args:
-            v: Rows to multiply, ``(N, D)``.
-            t: Diffusion time, a scalar tensor.
-
-        Returns:
-            The products, ``(N, D)``.
-        """
-        m, s = self.sde.mean_scale(t.double()), self.sde.std(t.double())
-        return self.covariance.apply(v, lambda lam: s**2 * lam / (m**2 * lam + s**2))
-
-    def terminal(self, n: int) -> Tensor:
-        r"""Draws of :math:`u_1 \sim \mathcal{N}(0, m_1^2 C + \sigma_1^2 I)`, where sampling starts.
-
-        Args:
-            n: Number of draws.
-
-        Returns:
-            Draws ``(n, D)`` in the prior's ``dtype``.
-        """
-        one = torch.ones((), dtype=torch.float64)
-        m, s = self.sde.mean_scale(one), self.sde.std(one)
-        return self.covariance.sample(n, lambda lam: (m**2 * lam + s**2).sqrt(), self.dtype)
-
-    def to_z(self, u: Tensor) -> Tensor:
-        """Standardized rows back to z.
-
-        Args:
-            u: Standardized rows ``(N, D)``.
-
-        Returns:
-            z, ``(N, *z_shape)``.
-        """
-        return (self.loc.to(u) + self.scale.to(u) * u).reshape(-1, *self.z_shape)
-
-    def from_z(self, z: Tensor) -> Tensor:
-        """Map z to standardized rows.
-
-        Args:
-            z: Fields ``(N, *z_shape)``.
-
-        Returns:
-            Standardized rows ``(N, D)`` in the prior's ``dtype``.
-        """
-        return (z.reshape(-1, self.dim).to(self.dtype) - self.loc) / self.scale
 
     def covariance_matrix(self) -> Tensor:
         r""":math:`\Sigma` over flattened z, dense (for references).

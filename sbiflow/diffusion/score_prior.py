@@ -34,6 +34,7 @@ from sbiflow.diffusion.covariance import (
 )
 from sbiflow.diffusion.networks import UNet
 from sbiflow.diffusion.sampling import denoiser_sample
+from sbiflow.diffusion.standardized import StandardizedPrior
 from sbiflow.estimators.score import ScoreNet
 from sbiflow.estimators.sde import VPSDE, time_grid
 from sbiflow.training import TrainingConfig, TrainingHistory, train
@@ -45,7 +46,7 @@ _MAX_FULL_DIM = 4096
 _EVAL_SEED = 0
 
 
-class ScorePrior(nn.Module):
+class ScorePrior(StandardizedPrior, nn.Module):
     r"""An unconditional diffusion model of :math:`p(z)`, fitted to prior draws.
 
     Args:
@@ -185,55 +186,6 @@ class ScorePrior(nn.Module):
         t = torch.as_tensor(t, dtype=u.dtype)
         m, s = self.sde.mean_scale(t), self.sde.std(t)
         return (u - s * self._eps(u, t)) / m
-
-    def baseline_tweedie(self, v: Tensor, t: Tensor) -> Tensor:
-        r"""Baseline :math:`\mathrm{Cov}[u_0 \mid u_t]\,v = \sigma^2 C (m^2C + \sigma^2)^{-1} v`.
-
-        Args:
-            v: Rows to multiply, ``(N, D)``.
-            t: Diffusion time, a scalar.
-
-        Returns:
-            The products, ``(N, D)``, from the Gaussian baseline's covariance ``C``.
-        """
-        t = torch.as_tensor(t, dtype=torch.float64)
-        m, s = self.sde.mean_scale(t), self.sde.std(t)
-        return self.covariance.apply(v, lambda lam: s**2 * lam / (m**2 * lam + s**2))
-
-    def terminal(self, n: int) -> Tensor:
-        """Draws of the diffused baseline at t = 1: where sampling starts.
-
-        Args:
-            n: Number of draws.
-
-        Returns:
-            Draws ``(n, D)``, float32.
-        """
-        one = torch.ones((), dtype=torch.float32)
-        m, s = self.sde.mean_scale(one), self.sde.std(one)
-        return self.covariance.sample(n, lambda lam: (m**2 * lam + s**2).sqrt(), torch.float32)
-
-    def to_z(self, u: Tensor) -> Tensor:
-        """Standardized rows back to z.
-
-        Args:
-            u: Standardized rows ``(N, D)``.
-
-        Returns:
-            z, ``(N, *z_shape)``.
-        """
-        return (self.loc.to(u) + self.scale.to(u) * u).reshape(-1, *self.z_shape)
-
-    def from_z(self, z: Tensor) -> Tensor:
-        """Map z to standardized rows.
-
-        Args:
-            z: Fields ``(N, *z_shape)``.
-
-        Returns:
-            Standardized rows ``(N, D)``, float32.
-        """
-        return (z.reshape(-1, self.dim).to(torch.float32) - self.loc) / self.scale
 
     # -- training -------------------------------------------------------------------------
     def loss(self, a: Tensor, b: Tensor | None = None) -> Tensor:
