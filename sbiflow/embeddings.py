@@ -297,7 +297,12 @@ class KinematicSetEmbedding(nn.Module):
         \qquad w_k = \mathrm{softplus}(\mathrm{MLP}(c))_k > 0,
 
     and passes :math:`\log S_k`, the log of each profile's mean weight and
-    :math:`\log(1 + N)` through an MLP :math:`\rho`. Unlike :class:`DeepSetEmbedding`,
+    :math:`\log(1 + N)` through an MLP :math:`\rho`. With ``fourth_moments``, also the
+    log kurtosis of each profile, :math:`\log(Q_k / S_k^2)` with
+    :math:`Q_k = \sum_i w_k v_i^4 / \sum_i w_k` (:math:`\log 3` for Gaussian velocities):
+    not needed for a Gaussian likelihood, but the shape of the velocity distribution is
+    what betrays stars that do not belong (foreground contamination, binaries), and what
+    the virial shape parameters of Jeans analyses measure. Unlike :class:`DeepSetEmbedding`,
     whose per-element network has to learn :math:`v^2` and its products with functions of
     :math:`c` from the data, the structure of the likelihood is built in; only the weights
     and :math:`\rho` are learned. Padding rows never reach the output.
@@ -310,6 +315,7 @@ class KinematicSetEmbedding(nn.Module):
         num_profiles: Number of weighted profiles :math:`K`.
         hidden_features: Width of the hidden layers of the weight network and :math:`\rho`.
         num_layers: Hidden layers of each network.
+        fourth_moments: Also pool each profile's fourth moment (its log kurtosis).
 
     Example:
         >>> net = KinematicSetEmbedding((5, 4), out_features=3)
@@ -320,7 +326,9 @@ class KinematicSetEmbedding(nn.Module):
 
     References:
         Jeans analyses of dwarf spheroidals on binned dispersion profiles, e.g. Walker et
-        al. 2009 (arXiv:0906.0341); Deep Sets (Zaheer et al., 2017), arXiv:1703.06114.
+        al. 2009 (arXiv:0906.0341); virial shape parameters (fourth moments), Merrifield &
+        Kent 1990 and Read & Steger 2017 (arXiv:1701.04833); Deep Sets (Zaheer et al.,
+        2017), arXiv:1703.06114.
     """
 
     def __init__(
@@ -331,6 +339,7 @@ class KinematicSetEmbedding(nn.Module):
         num_profiles: int = 16,
         hidden_features: int = 64,
         num_layers: int = 2,
+        fourth_moments: bool = False,
     ) -> None:
         super().__init__()
         if len(x_shape) != 2 or x_shape[1] < 3:
@@ -349,7 +358,9 @@ class KinematicSetEmbedding(nn.Module):
         covariates = [i for i in range(features) if i != velocity_column]
         self.register_buffer("covariates", torch.tensor(covariates), persistent=False)
         self.weights = _mlp([len(covariates)] + [hidden_features] * num_layers + [num_profiles])
-        self.rho = _mlp([2 * num_profiles + 1] + [hidden_features] * num_layers + [out_features])
+        self.fourth_moments = bool(fourth_moments)
+        pooled = (3 if self.fourth_moments else 2) * num_profiles + 1
+        self.rho = _mlp([pooled] + [hidden_features] * num_layers + [out_features])
         self.spec = {
             "type": "kinematic_set",
             "out_features": out_features,
@@ -358,6 +369,8 @@ class KinematicSetEmbedding(nn.Module):
             "hidden_features": hidden_features,
             "num_layers": num_layers,
         }
+        if self.fourth_moments:  # only when set: specs saved before the option still load
+            self.spec["fourth_moments"] = True
 
     def forward(self, x: Tensor) -> Tensor:
         """Embed sets ``(B, N_max, F + 1)`` into ``(B, out_features)``."""
@@ -365,9 +378,13 @@ class KinematicSetEmbedding(nn.Module):
         weight = nn.functional.softplus(self.weights(stars[:, self.covariates])) + 1e-4  # (M, K)
         square = stars[:, self.velocity_column, None].square()  # (M, 1)
         weight_sum = sum_per_set(weight).clamp_min(1e-12)  # (B, K)
-        profile = torch.log(sum_per_set(weight * square) / weight_sum + 1e-6)
+        second = sum_per_set(weight * square) / weight_sum
+        pooled = [torch.log(second + 1e-6)]
+        if self.fourth_moments:
+            fourth = sum_per_set(weight * square.square()) / weight_sum
+            pooled.append(torch.log(fourth + 1e-12) - 2.0 * torch.log(second + 1e-6))
         coverage = torch.log(weight_sum / count.clamp_min(1.0))
-        return self.rho(torch.cat([profile, coverage, torch.log1p(count)], dim=1))
+        return self.rho(torch.cat([*pooled, coverage, torch.log1p(count)], dim=1))
 
 
 #: Embedding families by name (the ``type`` of a saved spec).

@@ -219,6 +219,38 @@ def test_kinematic_set_pools_weighted_mean_squares():
     torch.testing.assert_close(net(x), torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
+def test_kinematic_set_fourth_moments_pool_the_log_kurtosis_and_see_outliers():
+    torch.manual_seed(2)
+    net = KinematicSetEmbedding((N_MAX, 4), out_features=3, num_profiles=4, fourth_moments=True)
+    assert net.spec["fourth_moments"] is True
+    assert "fourth_moments" not in KinematicSetEmbedding((N_MAX, 4)).spec  # old specs load
+    x = star_sets(torch.rand(5) + 0.5, seed=4)
+    expected = []
+    for one in x:
+        stars = one[one[:, -1] == 1]
+        w = torch.nn.functional.softplus(net.weights(stars[:, [0, 2]])) + 1e-4  # (n, K)
+        second = (w * stars[:, 1:2] ** 2).sum(0) / w.sum(0)
+        fourth = (w * stars[:, 1:2] ** 4).sum(0) / w.sum(0)
+        kurtosis = torch.log(fourth + 1e-12) - 2 * torch.log(second + 1e-6)
+        pooled = [torch.log(second + 1e-6), kurtosis, torch.log(w.sum(0) / len(stars))]
+        count = torch.tensor([float(len(stars))])
+        expected.append(net.rho(torch.cat([*pooled, torch.log1p(count)])))
+    torch.testing.assert_close(net(x), torch.stack(expected), atol=1e-5, rtol=1e-5)
+    # the same second moment, heavier tails: the plain embedding cannot tell, this one can
+    plain = KinematicSetEmbedding((N_MAX, 4), out_features=3, num_profiles=1)
+    one = KinematicSetEmbedding((N_MAX, 4), out_features=3, num_profiles=1, fourth_moments=True)
+    for embedding in (plain, one):  # a constant weight: one profile over every star
+        torch.nn.init.zeros_(embedding.weights[-1].weight)
+    y = star_sets(torch.ones(1), seed=5)
+    n = int(y[0, :, -1].sum())
+    gaussian, tailed = y.clone(), y.clone()
+    gaussian[0, :n, 1] = torch.tensor([1.0, -1.0]).repeat(n)[:n]  # every |v| = 1
+    tailed[0, :n, 1] = 0.0
+    tailed[0, 0, 1] = n**0.5  # one star holds all of Σ v² = n
+    assert torch.allclose(plain(gaussian), plain(tailed), atol=1e-5)
+    assert not torch.allclose(one(gaussian), one(tailed), atol=1e-3)
+
+
 def test_kinematic_set_refuses_shapes_without_a_velocity_and_a_covariate():
     with pytest.raises(ValueError, match="kinematic set"):
         KinematicSetEmbedding((10, 2))

@@ -38,6 +38,7 @@ better.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -203,7 +204,8 @@ def run_dwarf(args, budget) -> dict:
     if cache is not None and cache.exists():
         mc = sbiflow.load(cache)
     else:
-        mc = ModelComparison(candidates, embedding_net="kinematic_set", ensemble=args.ensemble)
+        embedding = {"type": "kinematic_set", **args.embedding_options}
+        mc = ModelComparison(candidates, embedding_net=embedding, ensemble=args.ensemble)
         mc.fit(
             budget["n_per_model"],
             seed=args.seed,
@@ -241,6 +243,7 @@ def run_dwarf(args, budget) -> dict:
     oracle = oracle_bound(om, candidates, budget["oracle"], args.seed) if budget["oracle"] else {}
     return {
         "case": "dwarf",
+        "embedding_options": args.embedding_options,
         "fit_seconds": fit_seconds,
         "epochs": len(mc.history.val_loss),
         "false_positive": null,
@@ -302,6 +305,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cache", default=None, help="folder: save/reuse the trained dwarf")
+    parser.add_argument(
+        "--embedding-options",
+        type=json.loads,
+        default={},
+        help="JSON: options of the dwarf's kinematic_set embedding (fourth_moments, ...)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets, a smoke test")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
