@@ -378,11 +378,11 @@ class KinematicSetEmbedding(nn.Module):
         weight = nn.functional.softplus(self.weights(stars[:, self.covariates])) + 1e-4  # (M, K)
         square = stars[:, self.velocity_column, None].square()  # (M, 1)
         weight_sum = sum_per_set(weight).clamp_min(1e-12)  # (B, K)
-        second = sum_per_set(weight * square) / weight_sum
-        pooled = [torch.log(second + 1e-6)]
+        log_second = torch.log(sum_per_set(weight * square) / weight_sum + 1e-6)
+        pooled = [log_second]
         if self.fourth_moments:
             fourth = sum_per_set(weight * square.square()) / weight_sum
-            pooled.append(torch.log(fourth + 1e-12) - 2.0 * torch.log(second + 1e-6))
+            pooled.append(torch.log(fourth + 1e-12) - 2.0 * log_second)
         coverage = torch.log(weight_sum / count.clamp_min(1.0))
         return self.rho(torch.cat([*pooled, coverage, torch.log1p(count)], dim=1))
 
