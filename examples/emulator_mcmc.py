@@ -66,7 +66,7 @@ QUICK = {
     "num_simulations": 2_000,
     "max_epochs": 5,
     "num_samples": 1_000,
-    "max_steps": 300,
+    "max_steps": 150,
     "nlive": 60,
     "dlogz": 0.5,
 }

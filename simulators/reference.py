@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import emcee
 import numpy as np
 
 __all__ = ["emcee_posterior"]
@@ -37,6 +36,8 @@ def emcee_posterior(
     Returns:
         Samples, shape ``(n, D)``, in random order.
     """
+    import emcee  # here: simulation workers import this module but never sample
+
     if len(candidates) < num_walkers:
         raise ValueError(f"need at least {num_walkers} candidates, got {len(candidates)}.")
     start = candidates[np.argsort(log_target(candidates))[-num_walkers:]]  # (W, D)

@@ -9,8 +9,8 @@ import torch
 import sbiflow
 from sbiflow.comparison import ModelComparison, nested_regressions, prior_widths
 
-# Small budgets (the whole file runs in ~25 s on one core): 2-d data, 100 live points give
-# log Z to ~0.1-0.2 nats per model.
+# Small budgets (the whole file runs in ~30 s on one core with -m slow): 2-d data, 100 live
+# points give log Z to ~0.1-0.2 nats per model.
 NESTED = {"nlive": 100}
 NLE_TRAINING = {"max_epochs": 15}
 X_O = torch.tensor([2.5, 2.0])  # exact log K(width_3 / width_1) = 0.44
@@ -36,6 +36,11 @@ def check(mc):
     )
 
 
+# The two checks below run four dynesty runs (~25 s on one core): slow. The default run keeps
+# the same cross-check end to end in tests/test_compare_cli.py (exact and emulator nested
+# sampling from a config, each log K within 3 errors of the closed form) and the negative
+# control below.
+@pytest.mark.slow
 def test_nested_evidences_match_the_closed_form(models, check):
     assert set(check.evidences) == {"closed_form", "exact", "emulator"}
     for name, model in models.items():
@@ -47,6 +52,7 @@ def test_nested_evidences_match_the_closed_form(models, check):
             assert abs(estimate.log_z - closed) < 3 * estimate.err + 0.05, (source, name)
 
 
+@pytest.mark.slow
 def test_pair_log_bayes_factors_agree_with_each_other_and_the_classifier(models, mc, check):
     (pair,) = check.pairs
     assert (pair.a, pair.b) == ("width_3", "width_1")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Calibration", "calibration_figure", "reliability"]
 
@@ -69,6 +72,8 @@ def reliability(
 
 def calibration_figure(result: Calibration) -> Figure:
     """The reliability diagram: observed frequency against predicted probability per model."""
+    from matplotlib.figure import Figure  # here: ``import sbiflow`` stays light
+
     figure = Figure(figsize=(4.5, 4.2), layout="constrained")
     ax = figure.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import dynesty
 import numpy as np
 import torch
 from torch import Tensor
@@ -231,6 +230,8 @@ def nested(
         dynesty: a dynamic nested sampling package for estimating Bayesian posteriors and
         evidences (Speagle, 2020), arXiv:1904.02180.
     """
+    import dynesty  # here, not at module level: ``import sbiflow`` stays light
+
     dim = prior_dim(prior)
     transform = prior_transform or default_prior_transform(prior)
     likelihood = _Likelihood(log_likelihood, prior)
