@@ -65,7 +65,7 @@ FULL = {
 QUICK = {
     "num_simulations": 2_000,
     "max_epochs": 5,
-    "num_samples": 1_000,
+    "num_samples": 500,
     "max_steps": 150,
     "nlive": 60,
     "dlogz": 0.5,
