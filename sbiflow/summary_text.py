@@ -43,8 +43,8 @@ def run_text(summary: dict[str, Any]) -> str:
         lines.append(f"calibration check after training: {check['summary']}")
         if "temperature" in check:
             lines.append(
-                f"  the flow was widened by a temperature of {check['temperature']:.3f} "
-                "(chosen on other validation simulations; docs/calibration.md)"
+                f"  the posterior was widened by a temperature of {check['temperature']:.3f} "
+                "(docs/calibration.md)"
             )
         if not check["calibrated"]:
             lines.append(

@@ -216,6 +216,23 @@ def test_auto_trains_an_ensemble_on_a_small_budget():
     assert npe.estimator.num_members == sbiflow.NPE.ENSEMBLE_MEMBERS
     assert npe.estimator.member == "nsf" and npe.calibration is not None
     assert npe.balance == sbiflow.NPE.ENSEMBLE_BALANCE  # BNPE members unless told otherwise
+    # widened by the first listed temperature that reaches every level on the 30 validation
+    # rows (or the best of them), which give the check stored
+    choice = npe.temperature_choice
+    assert choice is not None and npe.temperature == choice.temperature
+    assert choice.temperature in sbiflow.NPE.ENSEMBLE_TEMPERATURES
+    assert choice.coverage == npe.calibration.coverage and choice.num_simulations == 30
+    assert "chose the ensemble's temperature" in npe.calibration.source
+    rows = npe.history.validation_index
+    draws = sbiflow.NPE.CALIBRATION_DRAWS
+    chosen = npe.check_calibration(theta[rows], x[rows], num_samples=draws, warn=False)
+    assert chosen.coverage == choice.coverage  # the check is reproducible from its rows
+    if choice.reached:  # no smaller temperature of the list reached every level
+        for temperature in [t for t in sbiflow.NPE.ENSEMBLE_TEMPERATURES if t < choice.temperature]:
+            npe.estimator.set_temperature(temperature)
+            npe._cache.clear()
+            check = npe.check_calibration(theta[rows], x[rows], num_samples=draws, warn=False)
+            assert check.shortfall > 0, temperature
     told = sbiflow.NPE(PRIOR, balance=0.0, hidden_features=8)
     assert told.fit(theta, x, max_epochs=1, progress=False).balance == 0.0
     # "check" keeps the requested estimator whatever the budget

@@ -114,6 +114,37 @@ def test_density_integrates_to_one_and_samples_follow_it():
     assert stats.kstest(lone.numpy(), model_cdf).pvalue < 1e-4
 
 
+def test_a_temperature_widens_every_member_and_keeps_the_mixture_normalized():
+    model = make_ensemble(1, num_members=3)
+    b = torch.randn(1, CONTEXT_DIM)
+    grid = torch.linspace(-30.0, 30.0, 60_001)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        plain = model.sample(4000, b[0]).flatten()
+    model.set_temperature(1.5)
+    assert model.temperature == 1.5 and model.config()["temperature"] == 1.5
+    cdf = _cdf_on_grid(model, b, grid)
+    assert abs(float(cdf[-1]) - 1.0) < 2e-3  # still a density
+    # the vectorized mixture is the mixture of the tempered members
+    a, bb = torch.randn(50, 1), torch.randn(50, CONTEXT_DIM)
+    members = torch.stack([m.log_prob(a, bb) for m in model.members])
+    mixture = torch.logsumexp(members, dim=0) - math.log(3)
+    assert torch.allclose(model.log_prob(a, bb), mixture, atol=1e-5)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        wide = model.sample(4000, b[0]).flatten()
+
+    def model_cdf(v):
+        return np.interp(v, grid.numpy(), cdf.numpy())
+
+    assert stats.kstest(wide.numpy(), model_cdf).pvalue > 0.01  # samples follow the density
+    assert float(wide.std() / plain.std()) > 1.2  # wider, not only shifted
+    model.set_temperature(1.0)
+    assert "temperature" not in model.config()
+    with pytest.raises(ValueError, match=">= 1"):
+        model.set_temperature(0.9)
+
+
 # -- save / load ------------------------------------------------------------------------------
 def test_rebuilt_from_config_and_state_dict():
     model = make_ensemble(2, num_members=3)
@@ -124,6 +155,14 @@ def test_rebuilt_from_config_and_state_dict():
     rebuilt = EnsembleEstimator(a_shape, b_shape, **config)
     rebuilt.load_state_dict(model.state_dict())
     a, b = torch.randn(20, 2), torch.randn(20, CONTEXT_DIM)
+    assert torch.equal(rebuilt.eval().log_prob(a, b), model.log_prob(a, b))
+    # a tempered ensemble is rebuilt tempered
+    model.set_temperature(1.2)
+    config = model.config()
+    config.pop("kind"), config.pop("a_shape"), config.pop("b_shape")
+    rebuilt = EnsembleEstimator(a_shape, b_shape, **config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.temperature == 1.2
     assert torch.equal(rebuilt.eval().log_prob(a, b), model.log_prob(a, b))
 
 

@@ -68,6 +68,18 @@ VARIANTS = {
         "bootstrap": True,
         "calibration": "check",
     },
+    "ens5_bnpe300": {
+        "balance": 300.0,
+        "estimator": "ensemble",
+        "num_members": 5,
+        "calibration": "check",
+    },
+    "ens8_bnpe": {
+        "balance": 100.0,
+        "estimator": "ensemble",
+        "num_members": 8,
+        "calibration": "check",
+    },
     "ens3_bnpe": {
         "balance": 100.0,
         "estimator": "ensemble",

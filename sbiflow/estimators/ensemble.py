@@ -202,6 +202,29 @@ class EnsembleEstimator(ConditionalEstimator):
                 )
         return torch.stack([getattr(member, method)(*args) for member in self.members])
 
+    @property
+    def temperature(self) -> float:
+        """The base temperature every member is widened by (1: as trained; flows only)."""
+        return float(getattr(self.members[0], "temperature", 1.0))
+
+    def set_temperature(self, temperature: float) -> None:
+        """Widen every member by the same base-normal scale ``temperature`` (≥ 1).
+
+        Each member's density becomes its tempered flow's (see
+        ``sbiflow.estimators.flows.FlowEstimator.set_temperature``), so the mixture stays
+        normalized; sampling and ``log_prob`` both follow it, and it is saved with the
+        model. Members that are not flows have no temperature: this raises.
+        """
+        if not callable(getattr(self.members[0], "set_temperature", None)):
+            raise TypeError(f"Members of kind {self.member!r} have no temperature.")
+        for member in self.members:
+            member.set_temperature(temperature)
+        self._template.m.set_temperature(temperature)  # what the vectorized pass evaluates
+        if float(temperature) != 1.0:
+            self.member_options["temperature"] = float(temperature)
+        else:
+            self.member_options.pop("temperature", None)
+
     def member_log_probs(self, a: Tensor, b: Tensor) -> Tensor:
         """Log densities of every member: a ``(B, D_a)``, b ``(B, *b_shape)`` → ``(K, B)``."""
         return self._over_members("log_prob", a, b)
