@@ -64,36 +64,3 @@ def _shipped_small_budget_rule(request, monkeypatch):
         for name, value in SHIPPED_ENSEMBLE_RULE.items():
             monkeypatch.setattr(sbiflow.NPE, name, value)
 
-
-#: Seconds each of the longest test files takes in the default run (session 13,
-#: ``pytest -n 2 --durations=0``, summed per file). Only their order matters.
-LONG_FILES = {
-    "test_comparison.py": 48,
-    "test_score.py": 43,
-    "test_worked_examples.py": 40,
-    "test_npe.py": 40,
-    "test_collider.py": 36,
-    "test_calibration.py": 35,
-    "test_nle.py": 34,
-    "test_samplers.py": 33,
-    "test_dask_faults.py": 29,
-    "test_cli.py": 29,
-    "test_simulators.py": 24,
-    "test_streaming.py": 23,
-    "test_diagnostics.py": 20,
-    "test_diffusion.py": 19,
-    "test_compare_cli.py": 19,
-    "test_docs_site.py": 18,
-    "test_cluster_cli.py": 18,
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Run the longest files first, each file's tests together and in order.
-
-    Two pytest-xdist workers then end the run on short tests, instead of one of them
-    finishing a 20-second example alone while the other waits (longest first is the
-    classic greedy rule for two machines). A file stays contiguous, so its module
-    fixtures are built once per worker.
-    """
-    items.sort(key=lambda item: -LONG_FILES.get(item.path.name, 0))
