@@ -63,4 +63,3 @@ def _shipped_small_budget_rule(request, monkeypatch):
         monkeypatch.setattr(sbiflow.NPE, "SMALL_BUDGET", SHIPPED_SMALL_BUDGET)
         for name, value in SHIPPED_ENSEMBLE_RULE.items():
             monkeypatch.setattr(sbiflow.NPE, name, value)
-

@@ -143,6 +143,9 @@ def test_a_temperature_widens_every_member_and_keeps_the_mixture_normalized():
     assert "temperature" not in model.config()
     with pytest.raises(ValueError, match=">= 1"):
         model.set_temperature(0.9)
+    cvae = EnsembleEstimator((2,), (CONTEXT_DIM,), num_members=2, member="cvae")
+    with pytest.raises(TypeError, match="'cvae' have no temperature"):
+        cvae.set_temperature(1.2)
 
 
 # -- save / load ------------------------------------------------------------------------------

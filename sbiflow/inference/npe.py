@@ -371,7 +371,7 @@ class NPE(NeuralInference):
 
     @property
     def temperature(self) -> float:
-        """The temperature of a single flow's base normal (1: as trained; see the class)."""
+        """The base-normal temperature of the flow, or of every ensemble member (1: as trained)."""
         return float(getattr(self._trained(), "temperature", 1.0))
 
     def check_calibration(
