@@ -59,6 +59,7 @@ FULL = {
     "max_epochs": 10_000,  # training's own limit: early stopping decides
     "num_samples": 10_000,
     "max_steps": 10_000,
+    "num_walkers": None,  # mcmc's default: num_samples / 10 within [512, 4096]
     "nlive": 500,
     "dlogz": 0.1,
 }
@@ -67,6 +68,7 @@ QUICK = {
     "max_epochs": 5,
     "num_samples": 500,
     "max_steps": 150,
+    "num_walkers": 128,  # a quarter of the smallest default: 500 samples still fill
     "nlive": 60,
     "dlogz": 0.5,
 }
@@ -164,7 +166,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def emulator_log_likelihood(t: torch.Tensor) -> torch.Tensor:
         return nle.log_likelihood(t, x_emulator)
 
-    sampling = {"seed": args.seed, "progress": False, "max_steps": budget["max_steps"]}
+    sampling = {
+        "seed": args.seed,
+        "progress": False,
+        "max_steps": budget["max_steps"],
+        "num_walkers": budget["num_walkers"],
+    }
     with warnings.catch_warnings():
         if args.quick:  # chains cut at max_steps say so; expected at these budgets
             warnings.simplefilter("ignore", RuntimeWarning)
