@@ -65,6 +65,7 @@ FULL = {
     "num_coverage": 300,
     "exact_samples": 2_000,
     "exact_max_steps": 10_000,
+    "exact_walkers": None,  # mcmc's default: num_samples / 10 within [512, 4096]
 }
 QUICK = {
     "num_simulations": 500,
@@ -74,6 +75,7 @@ QUICK = {
     "num_coverage": 50,
     "exact_samples": 200,
     "exact_max_steps": 150,
+    "exact_walkers": 128,  # a quarter of the smallest default: 200 samples still fill
 }
 #: Mock dwarfs of the analysis.
 NUM_MOCKS = 50
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             seed=args.seed,
             progress=False,
             max_steps=budget["exact_max_steps"],
+            num_walkers=budget["exact_walkers"],
         )
     seconds_exact = time.perf_counter() - t0
 
