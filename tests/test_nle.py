@@ -59,6 +59,9 @@ def test_iid_trials_sum(trained, trials):
     assert torch.allclose(total, parts, atol=1e-3)
 
 
+# ~20 s of emcee over 10 trials; the default run checks iid trials by the mean shift below,
+# and NLE + emcee against the analytic posterior end to end in tests/test_cli.py
+@pytest.mark.slow
 def test_mcmc_posterior_with_iid_trials_matches_analytic(trained, trials):
     sim, nle = trained
     exact = sim.posterior(trials)
