@@ -112,6 +112,9 @@ def test_iid_posterior_mean_shift_is_small(trained, trials):
     assert moved > SHIFT_TOL
 
 
+# ~10 s of dynesty; the default run checks the emulator's dynesty evidence against the
+# analytic one end to end (tests/test_cli.py, NLE run: within 0.3 nats)
+@pytest.mark.slow
 def test_nested_evidence_of_emulator_matches_analytic(trained, trials):
     sim, nle = trained
     result = nle.nested(x=trials[0], nlive=300, seed=0, progress=False)

@@ -293,6 +293,9 @@ def test_nested_batches_calls_and_is_reproducible(box_run: NestedResult) -> None
     assert runs[0].log_evidence != runs[2].log_evidence
 
 
+# ~10 s of dynesty at 300 live points; the default run checks a Gaussian prior's evidence
+# end to end (tests/test_cli.py, NLE run on gaussian_linear) and num_samples below
+@pytest.mark.slow
 def test_nested_gaussian_prior_evidence_and_num_samples() -> None:
     # Prior N(0, 4 I) and likelihood N(θ; m, S): Z = N(m; 0, 4 I + S), closed form.
     dim = 3
@@ -314,9 +317,14 @@ def test_nested_gaussian_prior_evidence_and_num_samples() -> None:
 def test_nested_progress_into_a_log_file_is_one_line(capfd) -> None:
     """Not a terminal (pytest captures stderr): no per-iteration lines, one summary."""
     prior = sbiflow.BoxUniform(-torch.ones(2), torch.ones(2))
-    nested(lambda t: -0.5 * (t**2).sum(-1) / 0.1, prior, nlive=50, progress=True)
+    result = nested(
+        lambda t: -0.5 * (t**2).sum(-1) / 0.1, prior, nlive=50, num_samples=700, progress=True
+    )
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("dynesty: ") and "log Z = " in lines[0]
+    # num_samples equal-weight draws, resampled from the weighted dead points
+    assert result.samples.shape == (700, 2)
+    assert torch.all(result.samples.abs() <= 1)
 
 
 def test_nested_unbatched_and_errors_propagate() -> None:
