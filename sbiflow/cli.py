@@ -335,7 +335,9 @@ def _sample(
             "converged": bool(chain.converged),
         }
     if sampler == "nested" or config.sampling.evidence:
-        result = model.nested(x_o, seed=seed, progress=progress, num_samples=n)
+        result = model.nested(
+            x_o, seed=seed, progress=progress, num_samples=n, nlive=config.sampling.nlive
+        )
         results["nested"] = result
         if samples is None:
             samples = result.samples
@@ -343,6 +345,7 @@ def _sample(
             "log_z": result.log_evidence,
             "log_z_err": result.log_evidence_err,
             "information_nats": result.information,
+            "nlive": config.sampling.nlive,
         }
     return samples, report, results
 

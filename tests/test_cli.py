@@ -57,6 +57,7 @@ values = [0.1, -0.2]
 [sampling]
 num_samples = 2000
 evidence = true
+nlive = 250
 
 [output]
 directory = "{out}"
@@ -117,6 +118,8 @@ def test_run_writes_samples_plots_model_and_summary(tmp_path, capsys):
         (('name = "two_moons"', 'name = "three_moons"'), "three_moons"),
         (("[sampling]", "[sampling"), "not valid TOML"),
         (("[sampling]", "[sampling]\nsampler = 'nested'"), "apply to a likelihood emulator"),
+        (("[sampling]", "[sampling]\nnlive = 100"), "sampling.nlive apply to a likelihood"),
+        (("[sampling]", "[sampling]\nnlive = 5"), "sampling.nlive must be at least 10"),
         (("[estimator]", "[inference]\nmethod = 'abc'\n[estimator]"), "inference.method"),
         (
             ("[estimator]", "[inference]\nmethod = 'nle'\n[estimator]"),
@@ -193,6 +196,7 @@ def test_nle_run_samples_with_emcee_and_reports_the_evidence(tmp_path):
     assert summary["method"] == "nle" and summary["estimator"] == "maf"
     assert summary["mcmc"]["converged"]
     evidence = summary["evidence"]
+    assert evidence["nlive"] == 250
     assert abs(evidence["log_z"] - evidence["log_z_exact"]) < 0.3
     # analytic posterior: N(x σp²/(σp²+σ²), σp²σ²/(σp²+σ²)) per dimension, σp² = σ² = 0.1
     samples = np.load(out / "posterior_samples.npz")["samples"]

@@ -41,8 +41,12 @@ def _c2st(x: torch.Tensor, y: torch.Tensor) -> float:
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread: sklearn's small MLP gets far slower, not faster, on a busy machine.
+    # Two folds: every sample is still scored once, by classifiers trained on half the data
+    # instead of four fifths, in a fifth of the time. Measured on the two_moons checks below
+    # (reference, other observation, one moon): 0.508 / 1.0 / 0.746 with five folds in 10.2 s,
+    # 0.491 / 1.0 / 0.746 with two in 2.1 s.
     with threadpool_limits(1):
-        return float(c2st(x, y, classifier="mlp"))
+        return float(c2st(x, y, classifier="mlp", n_folds=2))
 
 
 # ---- registry --------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.special import ndtri
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, Uniform
 
 __all__ = ["UnsupportedPriorError", "prior_transform"]
@@ -40,10 +39,12 @@ class _GaussianTransform:
     """θ = loc + Φ⁻¹(u) Lᵀ with L a Cholesky factor (diagonal for independent normals)."""
 
     def __init__(self, loc: np.ndarray, scale_tril: np.ndarray) -> None:
-        self.loc, self.scale_tril = loc, scale_tril
+        from scipy.special import ndtri  # here: scipy.special costs ``import sbiflow`` 0.4 s
+
+        self.loc, self.scale_tril, self._ndtri = loc, scale_tril, ndtri
 
     def __call__(self, u: np.ndarray) -> np.ndarray:
-        z = ndtri(np.clip(np.asarray(u, dtype=np.float64), _TINY, _ONE_BELOW))  # (*, D)
+        z = self._ndtri(np.clip(np.asarray(u, dtype=np.float64), _TINY, _ONE_BELOW))  # (*, D)
         return self.loc + z @ self.scale_tril.T
 
 
