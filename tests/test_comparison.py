@@ -140,6 +140,9 @@ def test_ensemble_gives_a_spread(mc, test_sets):
     assert isinstance(single_std, float) and single_std > 0
 
 
+# ~12 s (two ensembles of five): the default run checks the ensemble's spread exists
+# (test_ensemble_gives_a_spread) and the single classifier's log K against the exact one
+@pytest.mark.slow
 def test_bootstrap_error_bars_cover_the_exact_log_bayes_factor(models, exact):
     """Bootstrapped members: the spread is the classifier's error, not its seed noise.
 
@@ -194,11 +197,24 @@ def test_save_and_load_round_trip(mc, test_sets, tmp_path):
         loaded.calibration(100)
 
 
+# ~12 s of training: the default cross-entropy loss keeps its accuracy check in the default
+# run (test_log_bayes_factor_matches_exact_and_mismatched_prior_fails)
+@pytest.mark.slow
 def test_exponential_loss_learns_the_bayes_factor(models, exact):
     x, exact_log_k = exact
     mc = ModelComparison(models, loss="exponential").fit(N_TRAIN, seed=0, progress=False)
     log_k = mc.log_bayes_factor(x, "width_2", "width_1")
     assert rmse_where_moderate(log_k, exact_log_k, bound=3.0) < EXPONENTIAL_RMSE_TOLERANCE
+
+
+def test_exponential_loss_trains_and_is_for_two_models(models, exact):
+    """A few epochs of the l-POP loss lower its validation loss and give finite log K."""
+    x, _ = exact
+    mc = ModelComparison(models, loss="exponential").fit(
+        2_000, seed=0, progress=False, max_epochs=4
+    )
+    assert mc.history.val_loss[-1] < mc.history.val_loss[0]
+    assert torch.isfinite(mc.log_bayes_factor(x, "width_2", "width_1")).all()
     with pytest.raises(ValueError, match="two models"):
         ModelComparison(nested_regressions(DIM, (1, 2, 3)), loss="exponential")
 
