@@ -535,8 +535,8 @@ def _check_values(config: RunConfig, path: str) -> None:
     if method == "npe" and (sampler or config.sampling.evidence or nlive_set):
         fail(
             "sampling.sampler, sampling.evidence and sampling.nlive apply to a likelihood "
-            "emulator: an NPE "
-            'posterior is sampled directly. Set inference.method = "nle" to use emcee/dynesty.'
+            "emulator: an NPE posterior is sampled directly. "
+            'Set inference.method = "nle" to use emcee/dynesty.'
         )
     if sampler and sampler not in SAMPLERS:
         fail(f"sampling.sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")

@@ -5,7 +5,7 @@ times the step alone (forward, backward, fused Adam) on a fixed batch, so that d
 handling does not dilute the ratio; ``calibration_defaults.py --epoch-timing`` times whole
 epochs.
 
-Run: taskset -c 0 python examples/benchmarks/ensemble_step_probe.py --threads 1
+Run: taskset -c 0 python examples/benchmarks/ensemble_step_probe.py --threads 1 [--ops]
 """
 
 from __future__ import annotations
@@ -34,6 +34,21 @@ def step_ms(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, steps: int
     return 1e3 * sorted(times)[len(times) // 2]
 
 
+def ops_per_step(
+    model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, steps: int = 20
+) -> float:
+    """Operator calls torch's profiler records in one optimizer step (dispatch overhead)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = _adam(model, 1e-3)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model.loss(a, b).mean().backward()
+            optimizer.step()
+    return sum(event.count for event in prof.key_averages()) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 50])
@@ -42,6 +57,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ops", action="store_true", help="also count operator calls per step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -63,6 +79,16 @@ def main() -> None:
             ms = step_ms(ensemble, a, b, args.steps)
             cells.append(f"{ms:.1f} ({ms / base:.2f}x)")
         print(f"| {width} | {base:.1f} | " + " | ".join(cells) + " |")
+        if args.ops:
+            ensemble = EnsembleEstimator(
+                *shapes, num_members=max(args.members), hidden_features=width
+            )
+            ensemble.standardize_from(a, b)
+            print(
+                f"#   operator calls per step, hidden {width}: one NSF "
+                f"{ops_per_step(one, a, b):.0f}, K = {max(args.members)} "
+                f"{ops_per_step(ensemble, a, b):.0f}"
+            )
 
 
 if __name__ == "__main__":
