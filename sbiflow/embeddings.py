@@ -214,14 +214,22 @@ class PowerSpectrumEmbedding(nn.Module):
     uncorrelated, so the power in shells of :math:`|k|` carries (nearly) all of the
     information of a Gaussian field: it is the classic summary of a cosmological map. The map
     ``(H, W)`` goes through a 2-D real FFT; :math:`|\hat x_k|^2 / (HW)` is averaged over
-    shells of integer :math:`|k|` (grid units, the mean mode :math:`k = 0` left out), and the
+    shells of :math:`|k|` (grid units, the mean mode :math:`k = 0` left out), and the
     logarithm of the shell averages goes through an MLP. Only the MLP is learned.
+
+    Shells of integer :math:`|k|` (the default; 23 for a 32 x 32 map) are what power-spectrum
+    analyses use. With ``shells="distinct"`` there is one shell per distinct
+    :math:`k_x^2 + k_y^2` (134 for 32 x 32): for a Gaussian field whose spectrum depends on
+    :math:`|k|` alone these averages are sufficient statistics (the likelihood is a sum over
+    them), while integer shells lose what the spectrum does within a shell.
 
     Args:
         x_shape: ``(H, W)`` (one channel) or ``(C, H, W)`` (the spectrum of each channel).
         out_features: Number of output features.
         hidden_features: Width of the MLP's hidden layers.
         num_layers: Hidden layers of the MLP.
+        shells: ``"integer"`` (shells of integer :math:`|k|`) or ``"distinct"`` (one per
+            distinct :math:`|k|^2`).
 
     Example:
         >>> net = PowerSpectrumEmbedding((16, 16), out_features=4)
@@ -239,16 +247,23 @@ class PowerSpectrumEmbedding(nn.Module):
         out_features: int = 20,
         hidden_features: int = 64,
         num_layers: int = 2,
+        shells: str = "integer",
     ) -> None:
         super().__init__()
         if len(x_shape) not in (2, 3):
             raise ValueError(f"A map has shape (H, W) or (C, H, W), got {tuple(x_shape)}.")
+        if shells not in ("integer", "distinct"):
+            raise ValueError(f"shells must be 'integer' or 'distinct', got {shells!r}.")
         self.x_shape = tuple(x_shape)
         self.out_features = out_features
         channels, height, width = (1, *x_shape) if len(x_shape) == 2 else x_shape
         ky = torch.fft.fftfreq(height, 1.0 / height)[:, None]  # integers 0, 1, ..., -1
         kx = torch.fft.rfftfreq(width, 1.0 / width)[None, :]
-        shell = torch.round(torch.sqrt(kx**2 + ky**2)).long()  # (H, W // 2 + 1)
+        k2 = (kx**2 + ky**2).round().long()  # (H, W // 2 + 1)
+        if shells == "integer":
+            shell = torch.round(torch.sqrt(k2.double())).long()
+        else:  # 0 for k = 0, then 1, 2, ... in order of |k|^2
+            shell = torch.unique(k2, return_inverse=True)[1]
         # rfft2 keeps one of each pair (k, -k): the other columns count twice.
         weight = torch.full(shell.shape, 2.0)
         weight[:, 0] = 1.0
@@ -268,6 +283,7 @@ class PowerSpectrumEmbedding(nn.Module):
             "out_features": out_features,
             "hidden_features": hidden_features,
             "num_layers": num_layers,
+            "shells": shells,
         }
 
     def power(self, x: Tensor) -> Tensor:

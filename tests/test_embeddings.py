@@ -83,6 +83,30 @@ def test_power_spectrum_embedding_measures_the_power_in_shells():
         PowerSpectrumEmbedding((16,))
 
 
+def test_distinct_shells_separate_wave_vectors_that_integer_shells_merge():
+    net = PowerSpectrumEmbedding((32, 32), out_features=3, shells="distinct")
+    assert net.num_shells == 134  # distinct kx^2 + ky^2 of the half plane, k = 0 left out
+    i, j = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    # |k|^2 = 25 and 26 share the integer shell |k| = 5 and have distinct shells here
+    waves = torch.stack(
+        [
+            torch.cos(2 * torch.pi * (3 * i + 4 * j) / 32),
+            torch.cos(2 * torch.pi * (1 * i + 5 * j) / 32),
+        ]
+    )
+    distinct = net.power(waves)[:, 0]
+    assert int(distinct[0].argmax()) != int(distinct[1].argmax())
+    integer = PowerSpectrumEmbedding((32, 32), out_features=3).power(waves)[:, 0]
+    assert int(integer[0].argmax()) == int(integer[1].argmax()) == 4
+    # white noise: unit power in every shell, within the errors of its few modes
+    white = torch.randn(400, 32, 32, generator=torch.Generator().manual_seed(0))
+    power = net.power(white)[:, 0]
+    assert ((power.mean(dim=0) - 1.0).abs() < 4.0 * power.std(dim=0) / 400**0.5).all()
+    assert net.spec["shells"] == "distinct"
+    with pytest.raises(ValueError, match="shells must be"):
+        PowerSpectrumEmbedding((32, 32), shells="log")
+
+
 def test_cnn_shapes_and_circular_padding_equivariance():
     torch.manual_seed(0)
     net = CNNEmbedding((16, 16), out_features=5, channels=(4,), circular=True)
