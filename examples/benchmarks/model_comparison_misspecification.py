@@ -105,6 +105,31 @@ def summary(flags: torch.Tensor, p_value: torch.Tensor | None = None) -> dict:
     return row
 
 
+def fit_or_load(
+    case: str, candidates: dict, args, budget: dict, **options
+) -> tuple[ModelComparison, float]:
+    """The candidates' classifier: trained, or loaded from ``--cache`` (saved there if new)."""
+    cache = Path(args.cache) / f"{case}_mc.pt" if args.cache else None
+    started = time.perf_counter()
+    if cache is not None and cache.exists():
+        mc = sbiflow.load(cache)
+    else:
+        mc = ModelComparison(candidates, ensemble=args.ensemble, **options)
+        mc.fit(
+            budget["n_per_model"],
+            seed=args.seed,
+            max_epochs=budget["max_epochs"],
+            progress=False,
+            workers=args.workers,
+        )
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            sbiflow.save(mc, cache)
+    fit_seconds = time.perf_counter() - started
+    print(f"[{case}] fit: {fit_seconds:.0f} s, {len(mc.history.val_loss)} epochs", flush=True)
+    return mc, fit_seconds
+
+
 # -- dwarf ---------------------------------------------------------------------------------
 def stars_quadrature(sim: Dwarf, n_radius: int = 64, n_dv: int = 5):
     """Radii (Plummer, truncated), velocity errors and weights of a quadrature of one star."""
@@ -209,25 +234,8 @@ def run_dwarf(args, budget) -> dict:
     }
     # an additional, physically more distinct outsider (not a replacement of the above)
     outsiders.update({f"foreground_{m}": Contaminated(model=m) for m in ("cored", "cusped")})
-    cache = Path(args.cache) / "dwarf_mc.pt" if args.cache else None
-    started = time.perf_counter()
-    if cache is not None and cache.exists():
-        mc = sbiflow.load(cache)
-    else:
-        embedding = {"type": "kinematic_set", **args.embedding_options}
-        mc = ModelComparison(candidates, embedding_net=embedding, ensemble=args.ensemble)
-        mc.fit(
-            budget["n_per_model"],
-            seed=args.seed,
-            max_epochs=budget["max_epochs"],
-            progress=False,
-            workers=args.workers,
-        )
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            sbiflow.save(mc, cache)
-    fit_seconds = time.perf_counter() - started
-    print(f"[dwarf] fit: {fit_seconds:.0f} s, {len(mc.history.val_loss)} epochs", flush=True)
+    embedding = {"type": "kinematic_set", **args.embedding_options}
+    mc, fit_seconds = fit_or_load("dwarf", candidates, args, budget, embedding_net=embedding)
     data = draw(candidates, budget["candidates"], args.seed)
     data.update(draw(outsiders, budget["outsiders"], args.seed, offset=len(candidates)))
     if args.cache:
@@ -334,24 +342,7 @@ def galaxy_oracle(outsiders: dict, candidates: dict, n: int, seed: int, df: int)
 def run_galaxy(args, budget) -> dict:
     candidates = {m: GalaxyField(model=m, exact=True) for m in ("lcdm", "wdm")}
     outsiders = {name: ThirdCosmology(**opts) for name, opts in THIRD_COSMOLOGIES.items()}
-    cache = Path(args.cache) / "galaxy_mc.pt" if args.cache else None
-    started = time.perf_counter()
-    if cache is not None and cache.exists():
-        mc = sbiflow.load(cache)
-    else:
-        mc = ModelComparison(candidates, ensemble=args.ensemble)
-        mc.fit(
-            budget["n_per_model"],
-            seed=args.seed,
-            max_epochs=budget["max_epochs"],
-            progress=False,
-            workers=args.workers,
-        )
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            sbiflow.save(mc, cache)
-    fit_seconds = time.perf_counter() - started
-    print(f"[galaxy_field] fit: {fit_seconds:.0f} s, {len(mc.history.val_loss)} epochs", flush=True)
+    mc, fit_seconds = fit_or_load("galaxy_field", candidates, args, budget)
     data = draw(candidates, budget["candidates"], args.seed)
     data.update(draw(outsiders, budget["outsiders"], args.seed, offset=len(candidates)))
     null = rates(mc, {n: data[n][1] for n in candidates})
