@@ -309,9 +309,24 @@ class GalaxyField(SimulatorBase):
         power = (np.abs(np.fft.rfft2(xs - self.mean_count)) ** 2).sum(axis=0)  # (N, N//2 + 1)
         return np.bincount(self._inverse.ravel(), weights=(self._mult * power).ravel())
 
+    def mode_variances(self, th: np.ndarray) -> np.ndarray:
+        r"""Variances :math:`c_k = \bar n^2 b^2 p_k + \bar n` of the Gaussian variant's modes.
+
+        Args:
+            th: Physical parameters, shape ``(B, 2)``.
+
+        Returns:
+            One per distinct |k| of the grid, shape ``(B, U)``.
+        """
+        nbar = self.mean_count
+        return nbar**2 * self.bias**2 * self._cell_spectrum(th) + nbar
+
     def _log_likelihood_binned(self, th: np.ndarray, power: np.ndarray, m: int) -> np.ndarray:
-        n2, nbar = self.n_grid**2, self.mean_count
-        c = nbar**2 * self.bias**2 * self._cell_spectrum(th) + nbar  # (B, U)
+        return self._log_likelihood_of_variances(self.mode_variances(th), power, m)
+
+    def _log_likelihood_of_variances(self, c: np.ndarray, power: np.ndarray, m: int) -> np.ndarray:
+        """Log-likelihood of ``m`` maps' binned power ``(U,)`` given mode variances ``(B, U)``."""
+        n2 = self.n_grid**2
         quad = (1.0 / c) @ power / n2
         logdet = np.log(c) @ self._count
         return -0.5 * (quad + m * (logdet + n2 * _LOG_2PI))

@@ -86,8 +86,8 @@ def main() -> None:
         for lo, hi in zip(sim.low, sim.high, strict=True)
     ]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
-    n2, nbar = sim.n_grid**2, sim.mean_count
-    variances = {m: nbar**2 * s.bias**2 * s._cell_spectrum(grid) + nbar for m, s in sims.items()}
+    n2 = sim.n_grid**2
+    variances = {m: s.mode_variances(grid) for m, s in sims.items()}  # (G, U) each
     k2 = np.round((sim._k_unique * sim.box_size / (2 * math.pi)) ** 2)
     groups = {
         "integer": np.round(np.sqrt(k2)).astype(int),
@@ -98,7 +98,7 @@ def main() -> None:
         power = sim._binned_power(x.numpy()[None].astype(np.float64))  # (U,)
         log_z = {}
         for m, c in variances.items():
-            lls = {"exact": -0.5 * ((1.0 / c) @ power / n2 + np.log(c) @ sim._count)}
+            lls = {"exact": sim._log_likelihood_of_variances(c, power, 1)}
             for name, g in groups.items():
                 lls[name] = gamma_log_likelihood(power / n2, c, g, sim)
             log_z[m] = {k: float(logsumexp(v) - math.log(len(v))) for k, v in lls.items()}

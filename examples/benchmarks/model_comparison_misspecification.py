@@ -306,16 +306,16 @@ def galaxy_oracle(outsiders: dict, candidates: dict, n: int, seed: int, df: int)
     with ``df`` degrees of freedom and non-centrality 2 K: ``omnibus_power``.
     """
     ref = next(iter(candidates.values()))
-    nbar, count = ref.mean_count, ref._count
+    count = ref._count
     low, high = ref.low, ref.high
     axes = [np.linspace(lo, hi, 150) for lo, hi in zip(low, high, strict=True)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
-    variances = [nbar**2 * s.bias**2 * s._cell_spectrum(grid) + nbar for s in candidates.values()]
+    variances = [s.mode_variances(grid) for s in candidates.values()]
     rng = np.random.default_rng(seed)
     theta = rng.uniform(low, high, size=(n, 2))
     out = {}
     for name, sim in outsiders.items():
-        c_out = nbar**2 * sim.bias**2 * sim._cell_spectrum(theta) + nbar  # (n, U)
+        c_out = sim.mode_variances(theta)  # (n, U)
         k_min = np.array(
             [
                 min(
