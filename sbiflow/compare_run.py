@@ -50,6 +50,14 @@ def compare(config: RunConfig) -> dict[str, Any]:
     }
     x_o = _comparison_observation(config, simulators)
     _check_shapes(simulators, x_o, seed=config.simulation.seed)  # before any training
+    resampling = section.resampling
+    if not section.bootstrap:
+        if resampling not in ("bootstrap", "none"):
+            raise ConfigError(
+                f'[comparison]: bootstrap = false asks for resampling = "none", but resampling '
+                f"= {resampling!r}: set one of the two."
+            )
+        resampling = "none"
     try:
         mc = sbiflow.ModelComparison(
             simulators,
@@ -57,7 +65,7 @@ def compare(config: RunConfig) -> dict[str, Any]:
             embedding_net=section.embedding_net,
             loss=section.loss,
             ensemble=section.ensemble,
-            bootstrap=section.bootstrap,
+            resampling=resampling,
             hidden_features=section.hidden_features,
             num_layers=section.num_layers,
         )

@@ -239,7 +239,7 @@ class ComparisonSection:
     """Options of a model comparison (a config with a ``[models]`` section).
 
     ``n_per_model`` simulations per model train the classifier (``loss``, ``ensemble``,
-    ``bootstrap``, ``embedding_net``, head size as in ``sbiflow.ModelComparison``);
+    ``bootstrap``, ``resampling``, ``embedding_net``, head size as in ``sbiflow.ModelComparison``);
     ``n_reference`` of them are held out for the misspecification check;
     ``calibration_simulations`` fresh ones per model measure the reliability.
     ``crosscheck = true`` also runs ``ModelComparison.evidence_crosscheck`` on the
@@ -254,7 +254,16 @@ class ComparisonSection:
         1, "Classifiers in the ensemble; their spread is the error of log K (≥ 1)."
     )
     bootstrap: bool = _key(
-        True, "Each ensemble member trains on its own Bayesian bootstrap of the simulations."
+        True,
+        "Each ensemble member trains on its own Bayesian bootstrap of the simulations "
+        '(`false`: `resampling = "none"`).',
+    )
+    resampling: str = _key(
+        "bootstrap",
+        "How ensemble members differ besides initialization, as `resampling` of "
+        '`sbiflow.ModelComparison`: `"jackknife"` fits each without a different K-th of the '
+        "simulations and gives honest error bars.",
+        choices=("bootstrap", "jackknife", "none"),
     )
     embedding_net: Any = _key(
         "auto", "The summary network of x, as `embedding_net` of `sbiflow.ModelComparison`."

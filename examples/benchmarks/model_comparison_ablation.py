@@ -50,6 +50,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "quadratic_l2_1e-3": ({"whiten": False, "quadratic": True}, {}),
     "quadratic_l2_3e-3": ({"whiten": False, "quadratic": True}, {}),
     "quadratic_l2_1e-2": ({"whiten": False, "quadratic": True}, {}),
+    **{
+        f"{scope}_l2_{weight}": ({"whiten": False, "quadratic": True}, {})
+        for scope in ("mlp", "mlpu")
+        for weight in ("3e-4", "1e-3", "3e-3", "1e-2", "3e-2")
+    },
     "wide": ({**OLD, "hidden_features": 256, "num_layers": 4}, {}),
     "patient": (OLD, {"stop_after_epochs": 50, "min_patience": None, "lr_decays": 2}),
     "small_lr": (OLD, {"learning_rate": 5e-4}),
@@ -80,11 +85,30 @@ class Regression(nn.Module):
 _CROSS_ENTROPY_LOSS = network.ComparisonNetwork.loss
 
 
-def l2_penalized(weight: float):
-    """``ComparisonNetwork.loss`` plus ``weight`` times the sum of squared weight matrices."""
+#: Which weight matrices an ``<scope>_l2_<weight>`` variant penalizes (name prefixes;
+#: ``quadratic`` alone is every weight, the skip's included).
+L2_SCOPES = {
+    "quadratic": ("",),
+    "mlp": ("hidden.", "output."),
+    "mlpu": ("hidden.", "output.", "quadratic.project."),
+}
+
+
+def l2_penalized(weight: float, scope: str = "quadratic"):
+    """``ComparisonNetwork.loss`` plus ``weight`` times the sum of squared weight matrices.
+
+    Args:
+        weight: Penalty per sample.
+        scope: Key of ``L2_SCOPES``: the weights penalized.
+    """
+    prefixes = L2_SCOPES[scope]
 
     def loss(self: nn.Module, labels: Tensor, x: Tensor) -> Tensor:
-        penalty = sum(p.pow(2).sum() for n, p in self.named_parameters() if n.endswith("weight"))
+        penalty = sum(
+            p.pow(2).sum()
+            for n, p in self.named_parameters()
+            if n.endswith("weight") and n.startswith(prefixes)
+        )
         return _CROSS_ENTROPY_LOSS(self, labels, x) + weight * penalty
 
     return loss
@@ -129,7 +153,7 @@ def main() -> None:
                 options, training = VARIANTS[variant]
                 network.QUADRATIC_RANK = int(variant[14:]) if "_rank" in variant else None
                 network.ComparisonNetwork.loss = (
-                    l2_penalized(float(variant.split("_l2_")[1]))
+                    l2_penalized(float(variant.split("_l2_")[1]), variant.split("_l2_")[0])
                     if "_l2_" in variant
                     else _CROSS_ENTROPY_LOSS
                 )

@@ -221,6 +221,62 @@ class ComparisonNetwork(nn.Module):
             "quadratic": self.quadratic is not None,
         }
 
+    def _batched_names(self) -> set[str]:
+        """Names of the parameters stacked over members (those of every ``BatchedLinear``)."""
+        return {
+            f"{prefix}.{name}"
+            for prefix, module in self.named_modules()
+            if isinstance(module, BatchedLinear)
+            for name in ("weight", "bias")
+        }
+
+    def member(self, k: int) -> ComparisonNetwork:
+        """Member ``k`` as a network of its own, for training it alone.
+
+        The one-member network holds copies of member ``k``'s head weights and of the input
+        transforms, and *shares* member ``k``'s embedding module; write its trained head
+        back with :meth:`set_member`.
+
+        Args:
+            k: Member index, ``0 <= k < members``.
+
+        Returns:
+            A ``ComparisonNetwork`` with ``members=1``.
+        """
+        if not 0 <= k < self.members:
+            raise IndexError(f"member {k} of an ensemble of {self.members}")
+        single = ComparisonNetwork(
+            self.x_shape,
+            self.num_models,
+            loss=self.loss_name,
+            embeddings=None if self.embeddings is None else [self.embeddings[k]],
+            members=1,
+            hidden_features=self.hidden_features,
+            num_layers=self.num_layers,
+            whiten=self.whitener is not None,
+            quadratic=self.quadratic is not None,
+        ).to(self.log_train_prior.device)
+        full, batched = self.state_dict(), self._batched_names()
+        state = {}
+        for name in single.state_dict():
+            if name.startswith("embeddings.0."):
+                state[name] = full[f"embeddings.{k}." + name[len("embeddings.0.") :]]
+            else:
+                state[name] = full[name][k : k + 1] if name in batched else full[name]
+        single.load_state_dict(state)
+        return single
+
+    @torch.no_grad()
+    def set_member(self, k: int, single: ComparisonNetwork) -> None:
+        """Write a one-member network's head weights (from :meth:`member`) into member ``k``."""
+        own, theirs = dict(self.named_parameters()), dict(single.named_parameters())
+        batched = self._batched_names()
+        unshared = [n for n in theirs if n not in batched and not n.startswith("embeddings.0.")]
+        if unshared:  # a parameter neither stacked nor in the shared embedding would be lost
+            raise RuntimeError(f"Cannot write back parameters {unshared} into the ensemble.")
+        for name in batched:
+            own[name][k].copy_(theirs[name][0])
+
     @torch.no_grad()
     def fit_inputs(self, x: Tensor) -> None:
         """Learn the standardization (and whitening) of x from training data ``(N, *x_shape)``."""
