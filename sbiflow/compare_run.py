@@ -66,6 +66,7 @@ def compare(config: RunConfig) -> dict[str, Any]:
             loss=section.loss,
             ensemble=section.ensemble,
             resampling=resampling,
+            penalty=section.penalty,
             hidden_features=section.hidden_features,
             num_layers=section.num_layers,
         )

@@ -268,6 +268,11 @@ class ComparisonSection:
     embedding_net: Any = _key(
         "auto", "The summary network of x, as `embedding_net` of `sbiflow.ModelComparison`."
     )
+    penalty: float = _key(
+        0.0,
+        "L2 penalty per simulation on the classifier head's weights, as `penalty` of "
+        "`sbiflow.ModelComparison` (≥ 0).",
+    )
     hidden_features: int = _key(128, "Width of the classifier head's hidden layers.")
     num_layers: int = _key(3, "Hidden layers of the classifier head.")
     prior_probs: dict[str, Any] = _key({}, "Prior model probabilities by model name (`{}`: equal).")

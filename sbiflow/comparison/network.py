@@ -33,6 +33,9 @@ WHITEN_FLOOR = 1e-3
 MAX_WHITEN_FEATURES = 2048
 #: Learned squared projections of :class:`QuadraticSkip` (``None``: ``hidden_features``).
 QUADRATIC_RANK: int | None = None
+#: Parameter-name prefixes of the weights ``ComparisonNetwork(penalty=...)`` penalizes: the
+#: MLP head and the quadratic skip's projections, not the skip's output weights.
+PENALIZED = ("hidden.", "output.", "quadratic.project.")
 
 
 class BatchedLinear(nn.Module):
@@ -160,6 +163,9 @@ class ComparisonNetwork(nn.Module):
             without embeddings, where x goes to the head as a vector of at most
             ``MAX_WHITEN_FEATURES``.
         quadratic: Add the :class:`QuadraticSkip` (rank ``hidden_features``).
+        penalty: L2 penalty per training sample on the weight matrices of the MLP head and
+            of the quadratic skip's projections (:data:`PENALIZED`), added to the loss;
+            the skip's output weights are free, so large quadratic log K stay in reach.
     """
 
     def __init__(
@@ -173,8 +179,12 @@ class ComparisonNetwork(nn.Module):
         num_layers: int = 3,
         whiten: bool = False,
         quadratic: bool = False,
+        penalty: float = 0.0,
     ) -> None:
         super().__init__()
+        if not penalty >= 0.0:
+            raise ValueError(f"penalty must be >= 0, got {penalty!r}.")
+        self.penalty = float(penalty)
         if loss not in LOSSES:
             raise ValueError(f"Unknown loss {loss!r}; choose one of {sorted(LOSSES)}.")
         if embeddings is not None and len(embeddings) != members:
@@ -219,6 +229,7 @@ class ComparisonNetwork(nn.Module):
             "num_layers": self.num_layers,
             "whiten": self.whitener is not None,
             "quadratic": self.quadratic is not None,
+            "penalty": self.penalty,
         }
 
     def _batched_names(self) -> set[str]:
@@ -255,6 +266,7 @@ class ComparisonNetwork(nn.Module):
             num_layers=self.num_layers,
             whiten=self.whitener is not None,
             quadratic=self.quadratic is not None,
+            penalty=self.penalty,
         ).to(self.log_train_prior.device)
         full, batched = self.state_dict(), self._batched_names()
         state = {}
@@ -324,9 +336,19 @@ class ComparisonNetwork(nn.Module):
             x: Simulations ``(B, *x_shape)``.
         """
         if targets.dim() == 1:
-            return LOSSES[self.loss_name](self(x), targets).sum(dim=0)
-        labels, weights = targets[:, 0].long(), targets[:, 1:].T  # (B,), (K, B)
-        return (LOSSES[self.loss_name](self(x), labels) * weights).sum(dim=0)
+            loss = LOSSES[self.loss_name](self(x), targets).sum(dim=0)
+        else:
+            labels, weights = targets[:, 0].long(), targets[:, 1:].T  # (B,), (K, B)
+            loss = (LOSSES[self.loss_name](self(x), labels) * weights).sum(dim=0)
+        return loss + self.penalty * self.penalized_norm() if self.penalty else loss
+
+    def penalized_norm(self) -> Tensor:
+        """Sum of squares of the weight matrices that ``penalty`` applies to (all members)."""
+        return sum(
+            p.pow(2).sum()
+            for name, p in self.named_parameters()
+            if name.endswith(".weight") and name.startswith(PENALIZED)
+        )
 
 
 def check_embedding(embedding_net: object) -> None:
