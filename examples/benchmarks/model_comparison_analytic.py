@@ -116,6 +116,13 @@ def main() -> None:
     parser.add_argument(
         "--no-bootstrap", action="store_true", help="members differ by initialization only"
     )
+    parser.add_argument(
+        "--resampling",
+        default=None,
+        choices=["bootstrap", "jackknife", "none"],
+        help="how members differ (overrides --no-bootstrap)",
+    )
+    parser.add_argument("--penalty", type=float, default=0.0, help="ModelComparison penalty")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: fit's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: fit's")
@@ -129,8 +136,13 @@ def main() -> None:
         models = CASES[case]()
         if args.loss == "exponential" and len(models) != 2:
             continue
+        resampling = args.resampling or ("none" if args.no_bootstrap else "bootstrap")
         mc = ModelComparison(
-            models, loss=args.loss, ensemble=args.ensemble, bootstrap=not args.no_bootstrap
+            models,
+            loss=args.loss,
+            ensemble=args.ensemble,
+            resampling=resampling,
+            penalty=args.penalty,
         )
         start = time.perf_counter()
         options = {
@@ -179,7 +191,10 @@ def main() -> None:
         "decision agreement at 3 (≥0.995)",
         "error bar covers exact, 1σ / 2σ (0.683 / 0.954)",
     ]
-    print(f"\nloss {args.loss}, ensemble {args.ensemble}, {args.n_per_model} simulations per model")
+    print(
+        f"\nloss {args.loss}, ensemble {args.ensemble} ({args.resampling or 'bootstrap'}), "
+        f"penalty {args.penalty}, {args.n_per_model} simulations per model"
+    )
     report(header, rows, args.out, args, runs)
 
 
