@@ -35,6 +35,8 @@ Targets (issue 12): z <= 2 for >= 90% of datasets, decisions agree for >= 97%.
         | tee docs/results/model_comparison_physics.log
     python examples/benchmarks/model_comparison_physics.py --quick --out /tmp/mcp.json  # smoke test
 
+``--models DIR`` saves each trained classifier as ``DIR/<pair>_<n-per-model>.pt`` and
+loads it instead of training when it is there (to test more datasets on the same one).
 ``--exact-from JSON`` takes the exact-likelihood log K of each test dataset from an earlier
 run's results (same pair, seed and dataset parameters; dynesty is the slow part, and it does
 not depend on the classifier) and runs dynesty only for the others; ``--mc-options`` passes
@@ -60,6 +62,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, report  # noqa: E402
 
+import sbiflow  # noqa: E402
 import simulators  # noqa: E402
 from sbiflow import ModelComparison, simulate  # noqa: E402
 
@@ -108,15 +111,25 @@ def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
     sims = {m: simulators.get(simulator, model=m, **(options | args.sim_options)) for m in models}
     first, second = models
     started = time.perf_counter()
-    mc = ModelComparison(sims, ensemble=args.ensemble, **(mc_options | args.mc_options))
-    training = {"max_epochs": budget["max_epochs"]} if budget["max_epochs"] else {}
-    mc.fit(budget["n_per_model"], seed=args.seed, progress=False, **training)
-    fit_seconds = time.perf_counter() - started
-    print(
-        f"[{pair}] fit: {fit_seconds:.0f} s, {len(mc.history.val_loss)} epochs "
-        f"(best {mc.history.best_epoch})",
-        flush=True,
-    )
+    saved = Path(args.models) / f"{pair}_{budget['n_per_model']}.pt" if args.models else None
+    if saved is not None and saved.exists():
+        mc = sbiflow.load(saved)
+        mc.simulators = sims
+        fit_seconds = None
+        print(f"[{pair}] classifier loaded from {saved}", flush=True)
+    else:
+        mc = ModelComparison(sims, ensemble=args.ensemble, **(mc_options | args.mc_options))
+        training = {"max_epochs": budget["max_epochs"]} if budget["max_epochs"] else {}
+        mc.fit(budget["n_per_model"], seed=args.seed, progress=False, **training)
+        fit_seconds = time.perf_counter() - started
+        print(
+            f"[{pair}] fit: {fit_seconds:.0f} s, {len(mc.history.val_loss)} epochs "
+            f"(best {mc.history.best_epoch})",
+            flush=True,
+        )
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            sbiflow.save(mc, saved)
 
     started = time.perf_counter()
     calibration = mc.calibration(budget["calibration"], seed=args.seed + 1)
@@ -305,6 +318,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--sim-options", type=json.loads, default={}, help="JSON: simulator options"
+    )
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="folder of trained classifiers: <pair>_<n>.pt is loaded if there, else saved",
     )
     parser.add_argument(
         "--figures", default=None, help="folder of the reliability plots (default: that of --out)"
