@@ -36,7 +36,7 @@ def test_penalty_shrinks_the_head_and_is_saved(tmp_path, models):
     for penalty in (0.0, 3e-3):
         mc = ModelComparison(models, penalty=penalty)
         mc.fit(1000, seed=0, progress=False, max_epochs=20)
-        norms[penalty] = float(mc.network.penalized_norm())
+        norms[penalty] = float(mc.network.penalized_norm().detach())
     assert norms[3e-3] < 0.5 * norms[0.0]
     path = tmp_path / "mc.pt"
     sbiflow.save(mc, path)
