@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import sys
@@ -170,7 +171,7 @@ def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
         "datasets": [],
     }
     tests = test_datasets(sims, budget["datasets"], args.seed)
-    exact = earlier_exact(args.exact_from, pair, args.seed)
+    exact = earlier_exact(args.exact_from, pair, args.seed, budget["datasets"])
     return {"mc": mc, "tests": tests, "result": result, "exact": exact}
 
 
@@ -181,7 +182,10 @@ def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> d
     truth, theta, x = state["tests"][j]
     theta_rounded = [round(float(t), 4) for t in theta]
     started = time.perf_counter()
+    digest = hashlib.sha1(x.double().numpy().tobytes()).hexdigest()[:16]
     earlier = state["exact"].get((j, truth, tuple(theta_rounded)))
+    if earlier is not None and earlier.get("x_digest", digest) != digest:
+        earlier = None  # same parameters, other data (another --datasets draws other x)
     if earlier is None:
         check = mc.evidence_crosscheck(
             x,
@@ -223,6 +227,7 @@ def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> d
     row = {
         "model": truth,
         "theta": theta_rounded,
+        "x_digest": digest,
         "log_k_classifier": classifier,
         "err_classifier": classifier_err,
         "log_k_exact": log_k_exact,
@@ -244,15 +249,27 @@ def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> d
     return row
 
 
-def earlier_exact(path: str | None, pair: str, seed: int) -> dict:
-    """Exact log K of an earlier run's datasets of ``pair``: {(j, model, theta): row}."""
+def earlier_exact(path: str | None, pair: str, seed: int, planned: int) -> dict:
+    """Exact log K of an earlier run's datasets of ``pair``: {(j, model, theta): row}.
+
+    A row is matched to a dataset by its x digest; rows written before digests were
+    recorded only when the earlier run planned as many datasets (the same test datasets:
+    with another count the simulator draws the same parameters but other x).
+    """
     if not path:
         return {}
     earlier = json.loads(Path(path).read_text())
     if earlier.get("args", {}).get("seed", 0) != seed:
         return {}
-    rows = [d for r in earlier["results"] if r.get("pair") == pair for d in r.get("datasets", [])]
-    return {(j, d["model"], tuple(d["theta"])): d for j, d in enumerate(rows)}
+    out = {}
+    for result in earlier["results"]:
+        if result.get("pair") != pair:
+            continue
+        same_draws = result.get("datasets_planned") == planned
+        for j, row in enumerate(result.get("datasets", [])):
+            if "x_digest" in row or same_draws:
+                out[(j, row["model"], tuple(row["theta"]))] = row
+    return out
 
 
 def summarize(datasets: list[dict]) -> dict:
