@@ -117,6 +117,7 @@ def compare(config: RunConfig) -> dict[str, Any]:
         "n_per_model": section.n_per_model,
         "loss": section.loss,
         "ensemble": section.ensemble,
+        "resampling": mc.resampling,
         "epochs": len(mc.history.train_loss),
         "best_epoch": mc.history.best_epoch,
         "best_validation_loss": min(mc.history.val_loss),

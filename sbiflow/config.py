@@ -255,14 +255,14 @@ class ComparisonSection:
     )
     bootstrap: bool = _key(
         True,
-        "Each ensemble member trains on its own Bayesian bootstrap of the simulations "
-        '(`false`: `resampling = "none"`).',
+        '`false`: ensemble members differ in initialization only (`resampling = "none"`).',
     )
     resampling: str = _key(
-        "bootstrap",
+        "jackknife",
         "How ensemble members differ besides initialization, as `resampling` of "
         '`sbiflow.ModelComparison`: `"jackknife"` fits each without a different K-th of the '
-        "simulations and gives honest error bars.",
+        'simulations and gives honest error bars; `"bootstrap"` weighs them by a Bayesian '
+        "bootstrap in one batched pass.",
         choices=("bootstrap", "jackknife", "none"),
     )
     embedding_net: Any = _key(

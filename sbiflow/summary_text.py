@@ -86,7 +86,8 @@ def comparison_text(summary: dict[str, Any]) -> str:
     lines += [f"  {name:<16}{p:.4f}" for name, p in summary["probabilities"].items()]
     lines.append("log Bayes factors")
     for pair in summary["log_bayes_factors"]:
-        err = "" if pair["err"] is None else f" ± {pair['err']:.3f} (ensemble spread)"
+        kind = "jackknife error" if summary.get("resampling") == "jackknife" else "ensemble spread"
+        err = "" if pair["err"] is None else f" ± {pair['err']:.3f} ({kind})"
         lines.append(f"  log K({pair['a']} / {pair['b']}) = {pair['log_k']:.3f}{err}")
     miss = summary["misspecification"]
     lines.append(

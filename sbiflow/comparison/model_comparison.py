@@ -56,27 +56,22 @@ class ModelComparison:
     quadratic skip to the scores: between Gaussian evidences the log Bayes factor is a
     quadratic form of x, which an MLP alone learned poorly from class labels (1.39 nats RMSE
     against 0.63 with the skip on a 100-d pair at 2 x 10^4 simulations per model).
-    ``ensemble=K`` trains ``K`` independently initialized members in one batched pass, so
-    each log Bayes factor gets a mean and a spread. With ``bootstrap`` (the default) each
-    member weighs every simulation by its own Exponential(1) draw (the Bayesian bootstrap,
-    Rubin 1981), so the spread measures what a fresh set of simulations would change, the
-    classifier's main error, and not only the members' initializations. On a 10-d
-    prior-width pair (3,000 simulations per model, 5 members, two seeds) the spread covered
-    the exact log K at 2 sigma for 87% of datasets (nominal 95%; 26-28% without bootstrap)
-    and the mean's RMSE was 0.44-0.45 nats (0.43-0.50 without; Poisson(1) counts: 0.52-0.54).
-    With few members the bootstrap's own noise shows in the mean (two members at 2,000
-    simulations per model, 2-d pair: RMS error 0.28 against 0.18 without): for error bars
-    use ``ensemble >= 5``.
-
-    At larger budgets the bootstrap's spread was 1.3-2.3 times too small (RMS of error over
-    spread, 2 x 10^4 simulations per model, 5 members; it shares the members' early
-    stopping and their view of every simulation). ``resampling="jackknife"`` trains each
-    member on its own, leaving out a different K-th of the simulations, and reports
-    sqrt(K - 1) times the members' spread (the delete-a-group jackknife's error of a fit on
-    all simulations): on the same cases it covered the exact log K at 2 sigma for 98-99%
-    of datasets (conservative: the members' mean is more accurate than one fit), and the
-    mean's RMSE was as good or better (0.18 against 0.27 nats on a 10-d width pair)
-    for about the same time (examples/benchmarks/model_comparison_error_bars.py).
+    ``ensemble=K`` trains ``K`` members, so each log Bayes factor gets a mean and an error
+    bar. By default (``resampling="jackknife"``) each member trains on its own (its own
+    validation split and early stopping), leaving out a different K-th of the
+    simulations, and the error bar is sqrt(K - 1) times the members' spread: the
+    delete-a-group jackknife's error of a fit on all simulations. On exact log K (2 x 10^4
+    simulations per model, 5 members, three cases of the analytic suite) it covered the
+    exact value at 2 sigma for 98-99% of datasets (conservative: the members' mean is more
+    accurate than one fit), and the mean's RMSE was as good as or better than the
+    alternatives' (0.18 nats on a 10-d width pair against 0.27 for the bootstrap) for about
+    the same time. ``resampling="bootstrap"`` (Rubin's Bayesian bootstrap: each member
+    weighs every simulation by its own Exponential(1) draw, all trained in one batched
+    pass) covered 87% at 3,000 simulations per model but only 82-91% at 2 x 10^4: its
+    members stop together and each sees every simulation, so its spread falls behind the
+    error (1.3-1.7x too small). Members that differ in initialization only cover 26-28%
+    (examples/benchmarks/model_comparison_error_bars.py). For error bars use
+    ``ensemble >= 5``.
 
     Args:
         simulators: ``{name: simulator}`` (objects with ``prior`` and ``simulate(theta,
@@ -93,11 +88,12 @@ class ModelComparison:
         bootstrap: Shorthand of ``resampling``: ``True`` is ``"bootstrap"``, ``False`` is
             ``"none"``; pass one of the two.
         resampling: How the members (when ``K >= 2``) differ besides their
-            initialization: ``"bootstrap"`` (default) gives each its own Bayesian-bootstrap
-            weights of the training simulations, trained in one batched pass;
-            ``"jackknife"`` trains each on its own without a different K-th of the
-            simulations (stratified by model) and scales the error bar by sqrt(K - 1);
-            ``"none"``: members differ in initialization only.
+            initialization: ``"jackknife"`` (default) trains each on its own without a
+            different K-th of the simulations (stratified by model) and scales the error
+            bar by sqrt(K - 1); ``"bootstrap"`` gives each its own Bayesian-bootstrap
+            weights of the training simulations, trained in one batched pass (its error
+            bars are too small at larger budgets); ``"none"``: members differ in
+            initialization only.
         penalty: L2 penalty per training simulation on the weights of the MLP head and of
             the quadratic skip's projections (not on the skip's output weights); 0: none.
             On the analytic suite at 2 x 10^4 simulations per model, 3e-3 cut the log K
@@ -174,7 +170,7 @@ class ModelComparison:
         if resampling is not None and bootstrap is not None:
             raise ValueError("Pass resampling or bootstrap (its shorthand), not both.")
         if resampling is None:
-            resampling = "none" if bootstrap is False else "bootstrap"
+            resampling = {None: "jackknife", True: "bootstrap", False: "none"}[bootstrap]
         if resampling not in RESAMPLING:
             raise ValueError(
                 f"Unknown resampling {resampling!r}; choose one of {list(RESAMPLING)}."

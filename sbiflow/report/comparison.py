@@ -60,6 +60,11 @@ def _options(spec: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {v}" for k, v in spec.items() if k != "simulator")
 
 
+def error_kind(summary: dict[str, Any]) -> str:
+    """What the ± of the log Bayes factors is: the jackknife error or the members' spread."""
+    return "jackknife error" if summary.get("resampling") == "jackknife" else "ensemble spread"
+
+
 def probabilities(summary: dict[str, Any]) -> str | None:
     """Posterior model probabilities and the log Bayes factor of every pair."""
     prior = summary.get("prior_probs", {})
@@ -69,7 +74,7 @@ def probabilities(summary: dict[str, Any]) -> str | None:
     if pairs:
         parts.append(
             table(
-                ["Bayes factor", "log K", "± (ensemble spread)", "K"],
+                ["Bayes factor", "log K", f"± ({error_kind(summary)})", "K"],
                 [
                     (
                         f"{p['a']} / {p['b']}",
