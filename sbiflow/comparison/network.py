@@ -257,16 +257,8 @@ class ComparisonNetwork(nn.Module):
         if not 0 <= k < self.members:
             raise IndexError(f"member {k} of an ensemble of {self.members}")
         single = ComparisonNetwork(
-            self.x_shape,
-            self.num_models,
-            loss=self.loss_name,
+            **(self.config() | {"members": 1}),
             embeddings=None if self.embeddings is None else [self.embeddings[k]],
-            members=1,
-            hidden_features=self.hidden_features,
-            num_layers=self.num_layers,
-            whiten=self.whitener is not None,
-            quadratic=self.quadratic is not None,
-            penalty=self.penalty,
         ).to(self.log_train_prior.device)
         full, batched = self.state_dict(), self._batched_names()
         state = {}
