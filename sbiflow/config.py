@@ -49,6 +49,13 @@ def _key(default: Any = dataclasses.MISSING, doc: str = "", *, choices: Any = No
     return field(default=default, metadata=metadata)
 
 
+def _resamplings() -> tuple[str, ...]:
+    """Ways an ensemble's members differ (``ModelComparison(resampling=...)``)."""
+    from sbiflow.comparison.model_comparison import RESAMPLING
+
+    return RESAMPLING
+
+
 def _losses() -> tuple[str, ...]:
     """The classifier losses of a model comparison (imported when asked, not at load)."""
     from sbiflow.comparison.losses import LOSSES
@@ -263,7 +270,7 @@ class ComparisonSection:
         '`sbiflow.ModelComparison`: `"jackknife"` fits each without a different K-th of the '
         'simulations and gives honest error bars; `"bootstrap"` weighs them by a Bayesian '
         "bootstrap in one batched pass.",
-        choices=("bootstrap", "jackknife", "none"),
+        choices=_resamplings,
     )
     embedding_net: Any = _key(
         "auto", "The summary network of x, as `embedding_net` of `sbiflow.ModelComparison`."
@@ -460,6 +467,13 @@ def _check_comparison(config: RunConfig, raw: dict[str, Any], path: str) -> None
         fail("comparison.n_per_model must be at least 100.")
     if comparison.loss not in LOSSES:
         fail(f"comparison.loss must be one of {sorted(LOSSES)}, got {comparison.loss!r}.")
+    if comparison.resampling not in _resamplings():
+        fail(
+            f"comparison.resampling must be one of {list(_resamplings())}, got "
+            f"{comparison.resampling!r}."
+        )
+    if comparison.penalty < 0:
+        fail(f"comparison.penalty must be at least 0, got {comparison.penalty!r}.")
     for key in ("ensemble", "calibration_simulations", "crosscheck_simulations"):
         if getattr(comparison, key) < 1:
             fail(f"comparison.{key} must be at least 1.")

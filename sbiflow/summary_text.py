@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["comparison_text", "run_text"]
+__all__ = ["comparison_text", "error_kind", "run_text"]
+
+
+def error_kind(summary: dict[str, Any]) -> str:
+    """What the ± of a comparison's log Bayes factors is: the jackknife error or a spread."""
+    return "jackknife error" if summary.get("resampling") == "jackknife" else "ensemble spread"
 
 
 def run_text(summary: dict[str, Any]) -> str:
@@ -86,8 +91,7 @@ def comparison_text(summary: dict[str, Any]) -> str:
     lines += [f"  {name:<16}{p:.4f}" for name, p in summary["probabilities"].items()]
     lines.append("log Bayes factors")
     for pair in summary["log_bayes_factors"]:
-        kind = "jackknife error" if summary.get("resampling") == "jackknife" else "ensemble spread"
-        err = "" if pair["err"] is None else f" ± {pair['err']:.3f} ({kind})"
+        err = "" if pair["err"] is None else f" ± {pair['err']:.3f} ({error_kind(summary)})"
         lines.append(f"  log K({pair['a']} / {pair['b']}) = {pair['log_k']:.3f}{err}")
     miss = summary["misspecification"]
     lines.append(

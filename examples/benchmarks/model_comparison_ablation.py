@@ -90,7 +90,7 @@ _CROSS_ENTROPY_LOSS = network.ComparisonNetwork.loss
 L2_SCOPES = {
     "quadratic": ("",),
     "mlp": ("hidden.", "output."),
-    "mlpu": ("hidden.", "output.", "quadratic.project."),
+    "mlpu": network.PENALIZED,  # what ModelComparison(penalty=...) penalizes
 }
 
 

@@ -175,6 +175,20 @@ def prepare_pair(pair: str, args: argparse.Namespace, budget: dict) -> dict:
     return {"mc": mc, "tests": tests, "result": result, "exact": exact}
 
 
+def dynesty_log_k(
+    mc: ModelComparison, x: torch.Tensor, pair: tuple[str, str], nlive: int, seed: int
+) -> tuple[float, float, dict]:
+    """log K of ``pair`` (a over b) from dynesty on the exact likelihoods: value, error, log Z."""
+    check = mc.evidence_crosscheck(
+        x, emulator=False, exact=True, nested_options={"nlive": nlive}, seed=seed
+    )
+    (p,) = check.pairs
+    assert (p.a, p.b) == pair
+    exact = p.nested["exact"]
+    log_z = {m: {"log_z": e.log_z, "err": e.err} for m, e in check.evidences["exact"].items()}
+    return exact.log_z, exact.err, log_z
+
+
 def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> dict:
     """Classifier against exact-likelihood dynesty for test dataset ``j`` of a pair."""
     mc, result = state["mc"], state["result"]
@@ -186,44 +200,22 @@ def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> d
     earlier = state["exact"].get((j, truth, tuple(theta_rounded)))
     if earlier is not None and earlier.get("x_digest", digest) != digest:
         earlier = None  # same parameters, other data (another --datasets draws other x)
+    classifier, classifier_err = mc.log_bayes_factor(x, second, first, return_std=True)
     if earlier is None:
-        check = mc.evidence_crosscheck(
-            x,
-            emulator=False,
-            exact=True,
-            nested_options={"nlive": result["nlive"]},
-            seed=args.seed * 1000 + j,
+        log_k_exact, err_exact, log_z_exact = dynesty_log_k(
+            mc, x, (second, first), result["nlive"], args.seed * 1000 + j
         )
-        (p,) = check.pairs
-        assert (p.a, p.b) == (second, first)
-        exact = p.nested["exact"]
-        classifier, classifier_err, z = p.classifier, p.classifier_err, p.tension("exact")
-        log_k_exact, err_exact = exact.log_z, exact.err
-        log_z_exact = {
-            m: {"log_z": e.log_z, "err": e.err} for m, e in check.evidences["exact"].items()
-        }
     else:
-        classifier, classifier_err = mc.log_bayes_factor(x, second, first, return_std=True)
         log_k_exact, err_exact = earlier["log_k_exact"], earlier["err_exact"]
         log_z_exact = earlier["log_z_exact"]
-        z = abs(classifier - log_k_exact) / math.sqrt(classifier_err**2 + err_exact**2)
     refined_from = None
     if args.refine_nlive and abs(abs(log_k_exact) - DECISION) <= REFINE_SIGMAS * err_exact:
         # the reference's own noise decides the exact decision here: rerun dynesty longer
         refined_from = {"log_k_exact": log_k_exact, "err_exact": err_exact}
-        check = mc.evidence_crosscheck(
-            x,
-            emulator=False,
-            exact=True,
-            nested_options={"nlive": args.refine_nlive},
-            seed=args.seed * 1000 + j + REFINE_SEED_OFFSET,
+        log_k_exact, err_exact, log_z_exact = dynesty_log_k(
+            mc, x, (second, first), args.refine_nlive, args.seed * 1000 + j + REFINE_SEED_OFFSET
         )
-        (p,) = check.pairs
-        log_k_exact, err_exact = p.nested["exact"].log_z, p.nested["exact"].err
-        log_z_exact = {
-            m: {"log_z": e.log_z, "err": e.err} for m, e in check.evidences["exact"].items()
-        }
-        z = abs(classifier - log_k_exact) / math.sqrt(classifier_err**2 + err_exact**2)
+    z = abs(classifier - log_k_exact) / math.sqrt(classifier_err**2 + err_exact**2)
     row = {
         "model": truth,
         "theta": theta_rounded,

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from sbiflow.report.html import figure, fmt, key_values, note, section, table
+from sbiflow.summary_text import error_kind
 
 __all__ = ["comparison_sections", "comparison_title"]
 
@@ -58,11 +59,6 @@ def overview(summary: dict[str, Any]) -> str | None:
 
 def _options(spec: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {v}" for k, v in spec.items() if k != "simulator")
-
-
-def error_kind(summary: dict[str, Any]) -> str:
-    """What the ± of the log Bayes factors is: the jackknife error or the members' spread."""
-    return "jackknife error" if summary.get("resampling") == "jackknife" else "ensemble spread"
 
 
 def probabilities(summary: dict[str, Any]) -> str | None:
