@@ -208,8 +208,9 @@ def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> d
     else:
         log_k_exact, err_exact = earlier["log_k_exact"], earlier["err_exact"]
         log_z_exact = earlier["log_z_exact"]
-    refined_from = None
-    if args.refine_nlive and abs(abs(log_k_exact) - DECISION) <= REFINE_SIGMAS * err_exact:
+    refined_from = earlier.get("refined_from") if earlier is not None else None
+    near = abs(abs(log_k_exact) - DECISION) <= REFINE_SIGMAS * err_exact
+    if args.refine_nlive and refined_from is None and near:
         # the reference's own noise decides the exact decision here: rerun dynesty longer
         refined_from = {"log_k_exact": log_k_exact, "err_exact": err_exact}
         log_k_exact, err_exact, log_z_exact = dynesty_log_k(
