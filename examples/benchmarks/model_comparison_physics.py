@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, report  # noqa: E402
+from _common import machine, markdown_table, report  # noqa: E402
 
 import sbiflow  # noqa: E402
 import simulators  # noqa: E402
@@ -291,6 +291,30 @@ def summarize(datasets: list[dict]) -> dict:
         "max_abs_log_k_exact": float(np.max(np.abs(exact))),
         "median_z": float(np.median(z)),
         "n_refined": sum(d.get("refined_from") is not None for d in datasets),
+        **reference_decisions(datasets),
+    }
+
+
+def reference_decisions(datasets: list[dict]) -> dict:
+    """How far the exact reference itself settles the decisions.
+
+    ``reference_flips``: refined datasets whose exact decision changed between the first
+    dynesty run and the longer one (the reference's own noise at the threshold).
+    ``decision_agreement_settled``: decision agreement over the datasets whose exact log K
+    lies more than 2 of its errors from the threshold (``n_settled`` of them).
+    """
+    refined = [d for d in datasets if d.get("refined_from") is not None]
+    flips = sum(decision(d["refined_from"]["log_k_exact"]) != d["decision_exact"] for d in refined)
+    settled = [
+        d
+        for d in datasets
+        if abs(abs(d["log_k_exact"]) - DECISION) > REFINE_SIGMAS * d["err_exact"]
+    ]
+    agree = [d["decision_classifier"] == d["decision_exact"] for d in settled]
+    return {
+        "reference_flips": flips,
+        "n_settled": len(settled),
+        "decision_agreement_settled": float(np.mean(agree)) if settled else None,
     }
 
 
@@ -327,6 +351,26 @@ HEADER = [
     "abs(exact log K) median / max",
     "targets",
 ]
+
+
+def print_summary(path: str) -> None:
+    """The table of an earlier run's JSON, summarized with this script's summary."""
+    rows = []
+    for result in json.loads(Path(path).read_text())["results"]:
+        if result.get("pair") == "all" or not result.get("datasets"):
+            continue
+        result |= summarize(result["datasets"])
+        ece = ", ".join(f"{m} {v:.3f}" for m, v in result["ece"].items())
+        rows.append(table_row(result["pair"], result, f"{result['accuracy']:.3f}", ece))
+        settled = result["decision_agreement_settled"]
+        print(
+            f"# {result['pair']}: {result['n_refined']} references refined, "
+            f"{result['reference_flips']} changed decision; decisions on the "
+            f"{result['n_settled']} datasets the reference settles: "
+            + ("-" if settled is None else f"{settled:.3f}")
+        )
+    print()
+    print(markdown_table(HEADER, rows))
 
 
 def main() -> None:
@@ -368,9 +412,17 @@ def main() -> None:
         help="folder of trained classifiers: <pair>_<n>.pt is loaded if there, else saved",
     )
     parser.add_argument(
+        "--summary-of",
+        default=None,
+        help="JSON of an earlier run: print its table again (with today's summary) and exit",
+    )
+    parser.add_argument(
         "--figures", default=None, help="folder of the reliability plots (default: that of --out)"
     )
     args = parser.parse_args()
+    if args.summary_of:
+        print_summary(args.summary_of)
+        return
     if args.figures is None:
         args.figures = str(Path(args.out).parent) if args.out else ""
     n_per_model = args.n_per_model * len(args.pairs) if len(args.n_per_model) == 1 else None
