@@ -4,12 +4,41 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["comparison_text", "error_kind", "run_text"]
+__all__ = ["comparison_text", "error_kind", "evidence_strength", "run_text"]
+
+# Kass & Raftery (1995), on the natural-log Bayes factor: upper bound of |log K| -> words.
+STRENGTH_SCALE = ((1.0, "not worth more than a bare mention"), (3.0, "positive"), (5.0, "strong"))
+DECISION_THRESHOLD = 3.0  # |log K| above which a model is called strongly favoured
 
 
 def error_kind(summary: dict[str, Any]) -> str:
     """What the ± of a comparison's log Bayes factors is: the jackknife error or a spread."""
     return "jackknife error" if summary.get("resampling") == "jackknife" else "ensemble spread"
+
+
+def evidence_strength(log_k: float, a: str, b: str, err: float | None = None) -> str:
+    """Words for a log Bayes factor of ``a`` over ``b`` on the Kass & Raftery scale.
+
+    Args:
+        log_k: Natural-log Bayes factor of ``a`` over ``b``.
+        a: Name of the model in the numerator.
+        b: Name of the model in the denominator.
+        err: Its error (one sigma), or None.
+
+    Returns:
+        E.g. ``"strong for a"``; with ``"; within its error of |log K| = 3"`` appended when
+        the error bar reaches the decision threshold, so the decision is not settled.
+
+    Example:
+        >>> evidence_strength(3.5, "cusped", "cored", err=0.6)
+        'strong for cusped; within its error of |log K| = 3'
+    """
+    size = abs(log_k)
+    words = next((w for bound, w in STRENGTH_SCALE if size <= bound), "very strong")
+    text = words if size <= STRENGTH_SCALE[0][0] else f"{words} for {a if log_k > 0 else b}"
+    if err is not None and abs(size - DECISION_THRESHOLD) <= err:
+        text += f"; within its error of |log K| = {DECISION_THRESHOLD:g}"
+    return text
 
 
 def run_text(summary: dict[str, Any]) -> str:
@@ -92,7 +121,8 @@ def comparison_text(summary: dict[str, Any]) -> str:
     lines.append("log Bayes factors")
     for pair in summary["log_bayes_factors"]:
         err = "" if pair["err"] is None else f" ± {pair['err']:.3f} ({error_kind(summary)})"
-        lines.append(f"  log K({pair['a']} / {pair['b']}) = {pair['log_k']:.3f}{err}")
+        strength = evidence_strength(pair["log_k"], pair["a"], pair["b"], pair["err"])
+        lines.append(f"  log K({pair['a']} / {pair['b']}) = {pair['log_k']:.3f}{err}: {strength}")
     miss = summary["misspecification"]
     lines.append(
         f"misspecification: p-value {miss['p_value']:.3g}, score {miss['score']:.2f} "

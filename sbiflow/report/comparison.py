@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from sbiflow.report.html import figure, fmt, key_values, note, section, table
-from sbiflow.summary_text import error_kind
+from sbiflow.summary_text import error_kind, evidence_strength
 
 __all__ = ["comparison_sections", "comparison_title"]
 
@@ -70,13 +70,14 @@ def probabilities(summary: dict[str, Any]) -> str | None:
     if pairs:
         parts.append(
             table(
-                ["Bayes factor", "log K", f"± ({error_kind(summary)})", "K"],
+                ["Bayes factor", "log K", f"± ({error_kind(summary)})", "K", "evidence"],
                 [
                     (
                         f"{p['a']} / {p['b']}",
                         p["log_k"],
                         p.get("err"),
                         math.exp(p["log_k"]) if abs(p["log_k"]) < 700 else math.inf,
+                        evidence_strength(p["log_k"], p["a"], p["b"], p.get("err")),
                     )
                     for p in pairs
                 ],
