@@ -9,6 +9,7 @@ __all__ = ["comparison_text", "error_kind", "evidence_strength", "run_text"]
 # Kass & Raftery (1995), on the natural-log Bayes factor: upper bound of |log K| -> words.
 STRENGTH_SCALE = ((1.0, "not worth more than a bare mention"), (3.0, "positive"), (5.0, "strong"))
 DECISION_THRESHOLD = 3.0  # |log K| above which a model is called strongly favoured
+SETTLED_SIGMAS = 2.0  # a decision is settled when the threshold is this many errors away
 
 
 def error_kind(summary: dict[str, Any]) -> str:
@@ -26,18 +27,19 @@ def evidence_strength(log_k: float, a: str, b: str, err: float | None = None) ->
         err: Its error (one sigma), or None.
 
     Returns:
-        E.g. ``"strong for a"``; with ``"; within its error of |log K| = 3"`` appended when
-        the error bar reaches the decision threshold, so the decision is not settled.
+        E.g. ``"strong for a"``; with ``"; within 2 errors of |log K| = 3: not settled"``
+        appended when the threshold lies within two errors of log K.
 
     Example:
-        >>> evidence_strength(3.5, "cusped", "cored", err=0.6)
-        'strong for cusped; within its error of |log K| = 3'
+        >>> evidence_strength(3.5, "cusped", "cored", err=0.3)
+        'strong for cusped; within 2 errors of |log K| = 3: not settled'
     """
     size = abs(log_k)
     words = next((w for bound, w in STRENGTH_SCALE if size <= bound), "very strong")
     text = words if size <= STRENGTH_SCALE[0][0] else f"{words} for {a if log_k > 0 else b}"
-    if err is not None and abs(size - DECISION_THRESHOLD) <= err:
-        text += f"; within its error of |log K| = {DECISION_THRESHOLD:g}"
+    if err is not None and abs(size - DECISION_THRESHOLD) <= SETTLED_SIGMAS * err:
+        threshold = f"|log K| = {DECISION_THRESHOLD:g}"
+        text += f"; within {SETTLED_SIGMAS:g} errors of {threshold}: not settled"
     return text
 
 

@@ -23,11 +23,12 @@ def test_scale_and_direction(log_k, expected):
 
 
 def test_error_bar_reaching_the_threshold_is_said():
-    assert evidence_strength(3.4, "a", "b", err=0.5).endswith("within its error of |log K| = 3")
-    assert evidence_strength(-2.7, "a", "b", err=0.31).endswith("within its error of |log K| = 3")
-    # Negative control: the same values with error bars that stop short of 3 say nothing more.
-    assert evidence_strength(3.4, "a", "b", err=0.3) == "strong for a"
-    assert evidence_strength(-2.7, "a", "b", err=0.2) == "positive for b"
+    unsettled = "within 2 errors of |log K| = 3: not settled"
+    assert evidence_strength(3.4, "a", "b", err=0.25).endswith(unsettled)
+    assert evidence_strength(-2.7, "a", "b", err=0.16).endswith(unsettled)
+    # Negative control: the same values with the threshold more than two errors away.
+    assert evidence_strength(3.4, "a", "b", err=0.19) == "strong for a"
+    assert evidence_strength(-2.7, "a", "b", err=0.14) == "positive for b"
 
 
 def test_comparison_summary_prints_the_words():
@@ -43,12 +44,12 @@ def test_comparison_summary_prints_the_words():
         "observation": "x.npy",
         "prior_probs": {"cored": 0.5, "cusped": 0.5},
         "probabilities": {"cored": 0.03, "cusped": 0.97},
-        "log_bayes_factors": [{"a": "cusped", "b": "cored", "log_k": 3.52, "err": 0.6}],
+        "log_bayes_factors": [{"a": "cusped", "b": "cored", "log_k": 3.52, "err": 0.3}],
         "misspecification": {"p_value": 0.4, "score": 1.0, "flagged_at_0.05": False},
         "calibration": {"simulations_per_model": 10, "accuracy": 0.8, "ece": {"cored": 0.02}},
     }
     text = comparison_text(summary)
     assert (
-        "log K(cusped / cored) = 3.520 ± 0.600 (jackknife error): strong for cusped; "
-        "within its error of |log K| = 3" in text
+        "log K(cusped / cored) = 3.520 ± 0.300 (jackknife error): strong for cusped; "
+        "within 2 errors of |log K| = 3: not settled" in text
     )
