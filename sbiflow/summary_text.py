@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["comparison_text", "error_kind", "evidence_strength", "run_text"]
@@ -34,6 +35,8 @@ def evidence_strength(log_k: float, a: str, b: str, err: float | None = None) ->
         >>> evidence_strength(3.5, "cusped", "cored", err=0.3)
         'strong for cusped; within 2 errors of |log K| = 3: not settled'
     """
+    if math.isnan(log_k):
+        return "undefined (log K is NaN)"
     size = abs(log_k)
     words = next((w for bound, w in STRENGTH_SCALE if size <= bound), "very strong")
     text = words if size <= STRENGTH_SCALE[0][0] else f"{words} for {a if log_k > 0 else b}"

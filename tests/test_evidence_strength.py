@@ -22,6 +22,12 @@ def test_scale_and_direction(log_k, expected):
     assert evidence_strength(log_k, "a", "b") == expected
 
 
+def test_nan_log_k_is_not_read_as_evidence():
+    assert evidence_strength(float("nan"), "a", "b", err=0.1) == "undefined (log K is NaN)"
+    # A NaN error (one member) leaves the reading alone and flags nothing.
+    assert evidence_strength(3.1, "a", "b", err=float("nan")) == "strong for a"
+
+
 def test_error_bar_reaching_the_threshold_is_said():
     unsettled = "within 2 errors of |log K| = 3: not settled"
     assert evidence_strength(3.4, "a", "b", err=0.25).endswith(unsettled)

@@ -90,7 +90,13 @@ TEST_TAG = 3
 # --refine-nlive: datasets whose exact log K lies within this many of its errors of the
 # decision threshold get dynesty again with more live points (seeds offset by this).
 REFINE_SIGMAS, REFINE_SEED_OFFSET = 2.0, 500
+NEAR = 0.2  # --summary-of: share of exact log K within this many nats of the threshold
 QUICK = {"n_per_model": 600, "datasets": 4, "nlive": 100, "calibration": 200, "max_epochs": 5}
+
+
+def near_threshold(log_k: float, err: float) -> bool:
+    """Whether |log K| = DECISION lies within REFINE_SIGMAS errors of log K."""
+    return abs(abs(log_k) - DECISION) <= REFINE_SIGMAS * err
 
 
 def decision(log_k: float) -> int:
@@ -209,8 +215,7 @@ def check_dataset(pair: str, state: dict, j: int, args: argparse.Namespace) -> d
         log_k_exact, err_exact = earlier["log_k_exact"], earlier["err_exact"]
         log_z_exact = earlier["log_z_exact"]
     refined_from = earlier.get("refined_from") if earlier is not None else None
-    near = abs(abs(log_k_exact) - DECISION) <= REFINE_SIGMAS * err_exact
-    if args.refine_nlive and refined_from is None and near:
+    if args.refine_nlive and refined_from is None and near_threshold(log_k_exact, err_exact):
         # the reference's own noise decides the exact decision here: rerun dynesty longer
         refined_from = {"log_k_exact": log_k_exact, "err_exact": err_exact}
         log_k_exact, err_exact, log_z_exact = dynesty_log_k(
@@ -296,25 +301,39 @@ def summarize(datasets: list[dict]) -> dict:
 
 
 def reference_decisions(datasets: list[dict]) -> dict:
-    """How far the exact reference itself settles the decisions.
+    """How far the exact reference and the classifier's own error bar settle the decisions.
 
     ``reference_flips``: refined datasets whose exact decision changed between the first
     dynesty run and the longer one (the reference's own noise at the threshold).
-    ``decision_agreement_settled``: decision agreement over the datasets whose exact log K
-    lies more than 2 of its errors from the threshold (``n_settled`` of them).
+    ``decision_agreement_settled``: decision agreement over the ``n_settled`` datasets whose
+    exact log K lies more than 2 of its errors from the threshold.
+    ``decision_agreement_clf_settled``: the same over the ``n_clf_settled`` datasets whose
+    classifier log K lies more than 2 of its errors from it (what a user can see);
+    ``misses_flagged``: decision misses with the threshold within the classifier's 2 errors.
+    ``share_exact_near``: datasets with exact abs(log K) within NEAR nats of the threshold;
+    ``rms_difference_near``: classifier RMS error where 2 < abs(exact log K) < 4.
     """
     refined = [d for d in datasets if d.get("refined_from") is not None]
     flips = sum(decision(d["refined_from"]["log_k_exact"]) != d["decision_exact"] for d in refined)
-    settled = [
-        d
-        for d in datasets
-        if abs(abs(d["log_k_exact"]) - DECISION) > REFINE_SIGMAS * d["err_exact"]
-    ]
-    agree = [d["decision_classifier"] == d["decision_exact"] for d in settled]
+    agree = {id(d): d["decision_classifier"] == d["decision_exact"] for d in datasets}
+    settled = [d for d in datasets if not near_threshold(d["log_k_exact"], d["err_exact"])]
+    clf_flagged = [near_threshold(d["log_k_classifier"], d["err_classifier"]) for d in datasets]
+    clf_settled = [d for d, flag in zip(datasets, clf_flagged, strict=True) if not flag]
+    exact = np.array([d["log_k_exact"] for d in datasets])
+    diff = np.array([d["log_k_classifier"] for d in datasets]) - exact
+    near = (np.abs(exact) > DECISION - 1) & (np.abs(exact) < DECISION + 1)
+    share = lambda rows: float(np.mean([agree[id(d)] for d in rows])) if rows else None  # noqa: E731
     return {
         "reference_flips": flips,
         "n_settled": len(settled),
-        "decision_agreement_settled": float(np.mean(agree)) if settled else None,
+        "decision_agreement_settled": share(settled),
+        "n_clf_settled": len(clf_settled),
+        "decision_agreement_clf_settled": share(clf_settled),
+        "misses_flagged": sum(
+            flag for d, flag in zip(datasets, clf_flagged, strict=True) if not agree[id(d)]
+        ),
+        "share_exact_near": float(np.mean(np.abs(np.abs(exact) - DECISION) < NEAR)),
+        "rms_difference_near": float(np.sqrt(np.mean(diff[near] ** 2))) if near.any() else None,
     }
 
 
@@ -353,21 +372,39 @@ HEADER = [
 ]
 
 
+def pair_row(result: dict) -> list[str]:
+    """Summarize one pair's run in place and give its table row."""
+    result |= summarize(result["datasets"])
+    ece = ", ".join(f"{m} {v:.3f}" for m, v in result["ece"].items())
+    return table_row(result["pair"], result, f"{result['accuracy']:.3f}", ece)
+
+
 def print_summary(path: str) -> None:
     """The table of an earlier run's JSON, summarized with this script's summary."""
+    if not Path(path).is_file():
+        raise SystemExit(f"--summary-of: no file {path}")
     rows = []
     for result in json.loads(Path(path).read_text())["results"]:
         if result.get("pair") == "all" or not result.get("datasets"):
             continue
-        result |= summarize(result["datasets"])
-        ece = ", ".join(f"{m} {v:.3f}" for m, v in result["ece"].items())
-        rows.append(table_row(result["pair"], result, f"{result['accuracy']:.3f}", ece))
-        settled = result["decision_agreement_settled"]
+        rows.append(pair_row(result))
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        by_model = {}
+        for d in result["datasets"]:
+            by_model.setdefault(d["model"], []).append(d)
+        near = ", ".join(
+            f"{m} {reference_decisions(rows_m)['share_exact_near']:.2f}"
+            for m, rows_m in by_model.items()
+        )
         print(
             f"# {result['pair']}: {result['n_refined']} references refined, "
             f"{result['reference_flips']} changed decision; decisions on the "
             f"{result['n_settled']} datasets the reference settles: "
-            + ("-" if settled is None else f"{settled:.3f}")
+            f"{fmt(result['decision_agreement_settled'])}; on the {result['n_clf_settled']} "
+            f"the classifier's error bar settles: {fmt(result['decision_agreement_clf_settled'])}"
+            f" (misses flagged: {result['misses_flagged']}); RMS error at 2 < abs(exact) < 4: "
+            f"{fmt(result['rms_difference_near'])}; exact log K within {NEAR} of the threshold "
+            f"by model: {near}"
         )
     print()
     print(markdown_table(HEADER, rows))
@@ -469,9 +506,7 @@ def main() -> None:
         report(HEADER, [], args.out, args, runs)  # JSON so far
     rows = []
     for result in runs:
-        result |= summarize(result["datasets"])
-        ece = ", ".join(f"{m} {v:.3f}" for m, v in result["ece"].items())
-        rows.append(table_row(result["pair"], result, f"{result['accuracy']:.3f}", ece))
+        rows.append(pair_row(result))
     if len(runs) > 1:
         everything = [d for r in runs for d in r["datasets"]]
         overall = summarize(everything)
