@@ -59,6 +59,15 @@ def decision(log_k: torch.Tensor) -> torch.Tensor:
     return torch.where(log_k.abs() > DECISION, torch.sign(log_k), torch.zeros_like(log_k))
 
 
+def test_datasets(models: dict, n_test: int, seed: int) -> dict[str, torch.Tensor]:
+    """The held-out datasets of a case: ``{name: (n_test // len(models), d)}``."""
+    per_model = n_test // len(models)
+    return {
+        name: sbiflow.simulate(m, per_model, seed=10_000 + seed * 100 + i, progress=False)[1]
+        for i, (name, m) in enumerate(models.items())
+    }
+
+
 def evaluate(mc: ModelComparison, models: dict, test: dict) -> dict:
     x = torch.cat(list(test.values()))
     log_z = {name: m.log_evidence(x) for name, m in models.items()}
@@ -152,13 +161,7 @@ def main() -> None:
         }
         mc.fit(args.n_per_model, seed=args.seed, progress=False, **options)
         fit_seconds = time.perf_counter() - start
-        per_model = args.n_test // len(models)
-        test = {
-            name: sbiflow.simulate(m, per_model, seed=10_000 + args.seed * 100 + i, progress=False)[
-                1
-            ]
-            for i, (name, m) in enumerate(models.items())
-        }
+        test = test_datasets(models, args.n_test, args.seed)
         result = {
             "case": case,
             "fit_seconds": fit_seconds,

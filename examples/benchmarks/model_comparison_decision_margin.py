@@ -22,9 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, report  # noqa: E402
-from model_comparison_analytic import CASES, DECISION, decision  # noqa: E402
-
-import sbiflow  # noqa: E402
+from model_comparison_analytic import CASES, DECISION, decision, test_datasets  # noqa: E402
 
 SIGMAS = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 DRAWS = 20
@@ -33,13 +31,7 @@ DRAWS = 20
 def exact_log_k(case: str, n_test: int, seed: int) -> torch.Tensor:
     """Exact log K of every model pair on the analytic benchmark's test datasets."""
     models = CASES[case]()
-    per_model = n_test // len(models)
-    x = torch.cat(
-        [
-            sbiflow.simulate(m, per_model, seed=10_000 + seed * 100 + i, progress=False)[1]
-            for i, m in enumerate(models.values())
-        ]
-    )
+    x = torch.cat(list(test_datasets(models, n_test, seed).values()))
     log_z = {name: m.log_evidence(x) for name, m in models.items()}
     return torch.cat([log_z[a] - log_z[b] for a, b in itertools.combinations(models, 2)]).double()
 
