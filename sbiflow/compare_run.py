@@ -147,6 +147,7 @@ def compare(config: RunConfig) -> dict[str, Any]:
             emulator=section.crosscheck_emulator,
             exact=section.crosscheck_exact,
             nested_options={"nlive": section.crosscheck_nlive},
+            importance_samples=section.crosscheck_importance,
             seed=seed,
             workers=workers,
             progress=progress,

@@ -45,6 +45,7 @@ def test_compare_writes_probabilities_bayes_factor_calibration_and_crosscheck(tm
     assert check["closed_form"]["log_k"] == pytest.approx(EXACT_LOG_K, abs=1e-3)
     for source in ("exact", "emulator"):
         assert abs(check[source]["log_k"] - EXACT_LOG_K) < 3 * check[source]["err"], source
+    assert check["exact"]["err"] < 0.03  # refined by importance sampling (dynesty's: ~0.2)
     # the saved classifier gives the reported Bayes factor
     loaded = sbiflow.load(out / "model.pt")
     x_o = torch.tensor([0.6, -0.4])
@@ -70,6 +71,10 @@ def test_compare_writes_probabilities_bayes_factor_calibration_and_crosscheck(tm
         (("[observation]", "[observation]\nmodel = 'medium'"), "observation.model must be one"),
         (('name = "gaussian_linear"\n', ""), "models.narrow names no simulator"),
         (("n_per_model = 1500", "n_per_model = 50"), "n_per_model must be at least 100"),
+        (
+            ("crosscheck_importance = 4000", "crosscheck_importance = -1"),
+            "crosscheck_importance must be at least 0",
+        ),
     ],
 )
 def test_config_errors_name_the_bad_key(tmp_path, edit, message, capsys):

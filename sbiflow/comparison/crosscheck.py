@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from sbiflow.inference.nle import NLE
-from sbiflow.samplers import nested
+from sbiflow.samplers import NestedResult, importance_evidence, nested
 from sbiflow.simulate import simulate
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ def evidence_crosscheck(
     nle_options: dict[str, Any] | None = None,
     training_options: dict[str, Any] | None = None,
     nested_options: dict[str, Any] | None = None,
+    importance_samples: int = 0,
     seed: int = 0,
     workers: int = 1,
     progress: bool = False,
@@ -169,7 +170,13 @@ def evidence_crosscheck(
         training_options: Passed to ``NLE.fit`` (``max_epochs``, ...).
         nested_options: Passed to :func:`sbiflow.samplers.nested` (``nlive``, ``dlogz``,
             ...); defaults :data:`DEFAULT_NESTED`.
-        seed: Seed of the simulations, the NLEs' training and dynesty.
+        importance_samples: If > 0, refine each exact-likelihood dynesty log Z by
+            importance sampling with this many likelihood calls, from the prior mixed with a
+            kernel density estimate of dynesty's posterior samples
+            (:func:`sbiflow.samplers.importance_evidence`): errors of about 0.01 nats instead
+            of dynesty's 0.05-0.2, for Bayes factors near a decision threshold. Not for the
+            emulators, whose own error (not in their error bars) is larger than dynesty's.
+        seed: Seed of the simulations, the NLEs' training, dynesty and the refinement.
         workers: Processes for the simulations.
         progress: Show progress bars.
 
@@ -193,11 +200,12 @@ def evidence_crosscheck(
             evidences.setdefault("closed_form", {})[name] = Evidence(log_z, 0.0)
         if exact and hasattr(sim, "log_likelihood"):
             started = time.perf_counter()
-            result = nested(_ExactLikelihood(sim, x_o), sim.prior, **options)
-            seconds["nested"] += time.perf_counter() - started
-            evidences.setdefault("exact", {})[name] = Evidence(
-                result.log_evidence, result.log_evidence_err
+            likelihood = _ExactLikelihood(sim, x_o)
+            result = nested(likelihood, sim.prior, **options)
+            evidences.setdefault("exact", {})[name] = _evidence(
+                result, likelihood, sim.prior, importance_samples, seed
             )
+            seconds["nested"] += time.perf_counter() - started
         if emulator:
             started = time.perf_counter()
             child = int(np.random.SeedSequence([seed, i, _CROSSCHECK]).generate_state(1)[0])
@@ -207,12 +215,12 @@ def evidence_crosscheck(
             nle.fit(theta, xs, **{"seed": seed, "progress": progress, **(training_options or {})})
             integrated = time.perf_counter()
             result = nle.nested(x_o, **options)
-            seconds["simulate"] += trained - started
-            seconds["train"] += integrated - trained
-            seconds["nested"] += time.perf_counter() - integrated
             evidences.setdefault("emulator", {})[name] = Evidence(
                 result.log_evidence, result.log_evidence_err
             )
+            seconds["simulate"] += trained - started
+            seconds["train"] += integrated - trained
+            seconds["nested"] += time.perf_counter() - integrated
     pairs = []
     for b, a in itertools.combinations(mc.names, 2):
         if mc.ensemble >= 2:
@@ -228,6 +236,22 @@ def evidence_crosscheck(
                 )
         pairs.append(pair)
     return CrossCheck(evidences, pairs, {k: round(v, 2) for k, v in seconds.items()})
+
+
+def _evidence(
+    result: NestedResult,
+    likelihood: _ExactLikelihood,
+    prior: Any,
+    importance_samples: int,
+    seed: int,
+) -> Evidence:
+    """The log Z of dynesty, or with ``importance_samples`` its importance-sampling refinement."""
+    if importance_samples <= 0:
+        return Evidence(result.log_evidence, result.log_evidence_err)
+    refined = importance_evidence(
+        likelihood, prior, result.samples, num_samples=importance_samples, seed=seed
+    )
+    return Evidence(refined.log_evidence, refined.log_evidence_err)
 
 
 class _ExactLikelihood:
