@@ -49,6 +49,10 @@ def _key(default: Any = dataclasses.MISSING, doc: str = "", *, choices: Any = No
     return field(default=default, metadata=metadata)
 
 
+#: Values of ``comparison.quadratic`` (``"auto"``: the ``ModelComparison`` default).
+QUADRATIC_CHOICES = ("auto", "diagonal", "chi2", "none")
+
+
 def _resamplings() -> tuple[str, ...]:
     """Ways an ensemble's members differ (``ModelComparison(resampling=...)``)."""
     from sbiflow.comparison.model_comparison import RESAMPLING
@@ -281,6 +285,13 @@ class ComparisonSection:
         "L2 penalty per simulation on the classifier head's weights, as `penalty` of "
         "`sbiflow.ModelComparison` (≥ 0).",
     )
+    quadratic: str = _key(
+        "auto",
+        "The quadratic skip of the classifier head, as `quadratic` of "
+        '`sbiflow.ModelComparison`: `"auto"` (the `"diagonal"` form for vector x, none after '
+        'an embedding), `"diagonal"`, `"chi2"` (better for 100-d vectors) or `"none"`.',
+        choices=QUADRATIC_CHOICES,
+    )
     hidden_features: int = _key(128, "Width of the classifier head's hidden layers.")
     num_layers: int = _key(3, "Hidden layers of the classifier head.")
     prior_probs: dict[str, Any] = _key({}, "Prior model probabilities by model name (`{}`: equal).")
@@ -480,6 +491,11 @@ def _check_comparison(config: RunConfig, raw: dict[str, Any], path: str) -> None
         )
     if comparison.penalty < 0:
         fail(f"comparison.penalty must be at least 0, got {comparison.penalty!r}.")
+    if comparison.quadratic not in QUADRATIC_CHOICES:
+        fail(
+            f"comparison.quadratic must be one of {list(QUADRATIC_CHOICES)}, got "
+            f"{comparison.quadratic!r}."
+        )
     for key in ("ensemble", "calibration_simulations", "crosscheck_simulations"):
         if getattr(comparison, key) < 1:
             fail(f"comparison.{key} must be at least 1.")

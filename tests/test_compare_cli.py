@@ -63,6 +63,7 @@ def test_compare_writes_probabilities_bayes_factor_calibration_and_crosscheck(tm
         (("ensemble = 2", "loss = 'hinge'"), "comparison.loss must be one of"),
         (("ensemble = 2", "ensemble = 2\nresampling = 'jack'"), "comparison.resampling must be"),
         (("ensemble = 2", "ensemble = 2\npenalty = -0.1"), "comparison.penalty must be at least 0"),
+        (("ensemble = 2", "ensemble = 2\nquadratic = 'cubic'"), "comparison.quadratic must be"),
         (("wide = { prior_var = 1.0 }", ""), "at least two models"),
         (("[simulation]", "[estimator]\nkind = 'nsf'\n[simulation]"), r"\['estimator'\] apply"),
         (("seed = 0", "num_simulations = 100"), "use comparison.n_per_model"),

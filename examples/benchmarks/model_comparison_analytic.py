@@ -132,6 +132,12 @@ def main() -> None:
         help="how members differ (overrides --no-bootstrap)",
     )
     parser.add_argument("--penalty", type=float, default=0.0, help="ModelComparison penalty")
+    parser.add_argument(
+        "--quadratic",
+        default="auto",
+        choices=["auto", "diagonal", "chi2"],
+        help="ModelComparison quadratic (auto: the default, the diagonal form for vectors)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: fit's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: fit's")
@@ -152,6 +158,7 @@ def main() -> None:
             ensemble=args.ensemble,
             resampling=resampling,
             penalty=args.penalty,
+            quadratic=None if args.quadratic == "auto" else args.quadratic,
         )
         start = time.perf_counter()
         options = {
@@ -196,7 +203,8 @@ def main() -> None:
     ]
     print(
         f"\nloss {args.loss}, ensemble {args.ensemble} ({args.resampling or 'bootstrap'}), "
-        f"penalty {args.penalty}, {args.n_per_model} simulations per model"
+        f"penalty {args.penalty}, quadratic {args.quadratic}, "
+        f"{args.n_per_model} simulations per model"
     )
     report(header, rows, args.out, args, runs)
 
