@@ -67,7 +67,7 @@ def compare(config: RunConfig) -> dict[str, Any]:
             ensemble=section.ensemble,
             resampling=resampling,
             penalty=section.penalty,
-            quadratic={"auto": None, "none": False}.get(section.quadratic, section.quadratic),
+            quadratic=section.quadratic,
             hidden_features=section.hidden_features,
             num_layers=section.num_layers,
         )

@@ -105,7 +105,9 @@ def test_forms_are_saved_and_legacy_files_load_as_diagonal(models, exact, tmp_pa
 def test_bad_quadratic_values_fail_clearly(models):
     assert quadratic_form(None) is None and quadratic_form(False) is None
     assert quadratic_form(True) == "diagonal" and quadratic_form("chi2") == "chi2"
-    with pytest.raises(ValueError, match="quadratic must be True, False or one of"):
+    assert ModelComparison(models, quadratic="auto").quadratic is None
+    assert ModelComparison(models, quadratic="none").quadratic is False
+    with pytest.raises(ValueError, match="quadratic must be None or 'auto', False or 'none'"):
         ModelComparison(models, quadratic="cubic")
     with pytest.raises(ValueError, match="quadratic must be"):
         ComparisonNetwork((4,), 2, quadratic=1)

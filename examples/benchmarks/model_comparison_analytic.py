@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=None, help="default: fit's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: fit's")
+    parser.add_argument("--lr-decays", type=int, default=None, help="default: fit's")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -158,12 +159,16 @@ def main() -> None:
             ensemble=args.ensemble,
             resampling=resampling,
             penalty=args.penalty,
-            quadratic=None if args.quadratic == "auto" else args.quadratic,
+            quadratic=args.quadratic,
         )
         start = time.perf_counter()
         options = {
             k: v
-            for k, v in (("learning_rate", args.learning_rate), ("batch_size", args.batch_size))
+            for k, v in (
+                ("learning_rate", args.learning_rate),
+                ("batch_size", args.batch_size),
+                ("lr_decays", args.lr_decays),
+            )
             if v is not None
         }
         mc.fit(args.n_per_model, seed=args.seed, progress=False, **options)

@@ -24,6 +24,7 @@ from sbiflow.comparison.data import check_simulations, model_prior, simulate_mod
 from sbiflow.comparison.losses import LOSSES
 from sbiflow.comparison.misspecification import Misspecification, SummaryReference
 from sbiflow.comparison.network import (
+    QUADRATIC_FORMS,
     ComparisonNetwork,
     check_embedding,
     member_embeddings,
@@ -113,7 +114,8 @@ class ModelComparison:
         quadratic: Add a skip from the head's input, its squares and learned squared
             projections to the scores (``comparison.network.QuadraticSkip``), so a log
             Bayes factor quadratic in x is in reach; ``None``: on when x reaches the head
-            as a flat vector (no embedding), where it was measured to help. ``True`` or
+            as a flat vector (no embedding), where it was measured to help (``"auto"``
+            means the same); ``False`` or ``"none"``: no skip. ``True`` or
             ``"diagonal"``: its default form; ``"chi2"``: the form without per-feature
             output weights, which on the 100-d pairs of the analytic suite cut the log K
             error (2 x 10^4 simulations per model, penalty 3e-3: 0.21 -> 0.07 nats on a
@@ -188,8 +190,16 @@ class ModelComparison:
             )
         self.loss, self.ensemble, self.resampling = loss, ensemble, resampling
         self.hidden_features, self.num_layers = hidden_features, num_layers
+        if isinstance(quadratic, str):
+            quadratic = {"auto": None, "none": False}.get(quadratic, quadratic)
         if quadratic is not None:
-            quadratic_form(quadratic)  # fail early on a bad value
+            try:
+                quadratic_form(quadratic)  # fail early on a bad value
+            except ValueError:
+                raise ValueError(
+                    f"quadratic must be None or 'auto', False or 'none', True, or one of "
+                    f"{QUADRATIC_FORMS}, got {quadratic!r}."
+                ) from None
         self.whiten, self.quadratic = bool(whiten), quadratic
         if isinstance(penalty, bool) or not isinstance(penalty, int | float) or penalty < 0:
             raise ValueError(f"penalty must be a number >= 0, got {penalty!r}.")
