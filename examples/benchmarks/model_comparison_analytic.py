@@ -68,7 +68,7 @@ def test_datasets(models: dict, n_test: int, seed: int) -> dict[str, torch.Tenso
     }
 
 
-def evaluate(mc: ModelComparison, models: dict, test: dict) -> dict:
+def evaluate(mc: ModelComparison, models: dict, test: dict, predictions: str | None = None) -> dict:
     x = torch.cat(list(test.values()))
     log_z = {name: m.log_evidence(x) for name, m in models.items()}
     learned, exact = [], []
@@ -82,6 +82,10 @@ def evaluate(mc: ModelComparison, models: dict, test: dict) -> dict:
         learned.append(mean.double())
         exact.append(log_z[a] - log_z[b])
     learned, exact = torch.cat(learned), torch.cat(exact)
+    if predictions:  # every pair's learned and exact log K, (pairs * n_test,), for diagnosis
+        torch.save(
+            {"learned": learned, "exact": exact, "std": spread and torch.cat(spread)}, predictions
+        )
     error = learned - exact
     moderate = exact.abs() <= MODERATE
     large = (exact.abs() > MODERATE) & (exact.abs() <= LARGE)
@@ -98,6 +102,10 @@ def evaluate(mc: ModelComparison, models: dict, test: dict) -> dict:
         "rmse_moderate": float(error[moderate].pow(2).mean().sqrt()),
         "n_moderate": int(moderate.sum()),
         "relative_rms_large": float(relative.pow(2).mean().sqrt()) if large.any() else None,
+        # signed: < 0 where the learned |log K| falls short of the exact one (shrinkage)
+        "relative_mean_large": float((relative * exact[large].sign()).mean())
+        if large.any()
+        else None,
         "relative_p90_large": float(relative.abs().quantile(0.9)) if large.any() else None,
         "n_large": int(large.sum()),
         "decision_agreement": float((decision(learned) == decision(exact)).double().mean()),
@@ -143,6 +151,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: fit's")
     parser.add_argument("--lr-decays", type=int, default=None, help="default: fit's")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--predictions", default=None, help="torch.save every learned and exact log K here"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -180,7 +191,8 @@ def main() -> None:
             "epochs": len(mc.history.val_loss),
             "best_epoch": mc.history.best_epoch,
         }
-        result |= evaluate(mc, models, test)
+        predictions = args.predictions and args.predictions.replace(".pt", f"_{case}.pt")
+        result |= evaluate(mc, models, test, predictions)
         runs.append(result)
         print(result, flush=True)
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
