@@ -191,7 +191,7 @@ def main() -> None:
             "epochs": len(mc.history.val_loss),
             "best_epoch": mc.history.best_epoch,
         }
-        predictions = args.predictions and args.predictions.replace(".pt", f"_{case}.pt")
+        predictions = args.predictions and f"{Path(args.predictions).with_suffix('')}_{case}.pt"
         result |= evaluate(mc, models, test, predictions)
         runs.append(result)
         print(result, flush=True)
